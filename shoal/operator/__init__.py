@@ -1,0 +1,1 @@
+"""The Shoal control plane: ModelService spec, builders, kopf handlers, autoscaler."""

@@ -1,0 +1,1 @@
+"""The Shoal data plane: model contract, batching, server, protocols, gateway."""
