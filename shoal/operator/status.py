@@ -1,0 +1,321 @@
+"""Pure status computation: what the operator observed -> ModelService status and conditions.
+
+Conditions (status True is *good* for Ready/Scheduled/ModelResolved, *bad* for ModelLoadFailed
+and Degraded, as their names say):
+- Ready: the model answers requests (>= 1 ready replica, or scaled to zero on purpose).
+- Progressing: a rollout or scale is under way; False with ProgressDeadlineExceeded when stuck.
+- Scheduled: False/Unschedulable with the scheduler's message when a replica fits no node.
+- ModelLoadFailed: a replica's container exited non-zero before it became ready; the message
+  carries its termination message (the runtime writes the cause to /dev/termination-log).
+- Degraded: fewer ready replicas than desired because of a failure (not mere start-up).
+- ModelResolved (registry alias URIs only): the alias -> version resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+SCHEDULED = "Scheduled"
+MODEL_LOAD_FAILED = "ModelLoadFailed"
+DEGRADED = "Degraded"
+MODEL_RESOLVED = "ModelResolved"
+
+# Condition types whose True status is bad news (Warning events).
+ABNORMAL_TRUE = frozenset({MODEL_LOAD_FAILED, DEGRADED})
+MESSAGE_LIMIT = 1024
+# Waiting reasons that mean a replica cannot start; reported as such.
+_STUCK_WAITING = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one status pass looked at."""
+
+    generation: int
+    desired_replicas: int
+    url: str
+    selector: str
+    deployment: Mapping[str, Any] | None
+    pods: Sequence[Mapping[str, Any]]
+    model_uri: str | None = None
+    model_version: str | None = None
+    alias_uri: str | None = None
+    """The spec's `models:/name@alias`, when it is one."""
+    resolve_error: str | None = None
+    blocking: tuple[str, str] | None = None
+    """(reason, message) that stops the operator from acting: invalid spec, rejected apply."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition whose status or reason changed in this pass (for Events)."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+    warning: bool
+
+
+def rfc3339(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cond(type_: str, ok: bool, reason: str, message: str = "") -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message[:MESSAGE_LIMIT],
+    }
+
+
+def _terminating(pod: Mapping[str, Any]) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
+
+
+def _pod_name(pod: Mapping[str, Any]) -> str:
+    return str(pod.get("metadata", {}).get("name", "?"))
+
+
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    for c in pod.get("status", {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return bool(c.get("status") == "True")
+    return False
+
+
+def unschedulable(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Scheduler messages of live pods that fit no node."""
+    out = []
+    for pod in pods:
+        if _terminating(pod):
+            continue
+        for c in pod.get("status", {}).get("conditions") or []:
+            if (
+                c.get("type") == "PodScheduled"
+                and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+            ):
+                out.append(f"pod {_pod_name(pod)}: {c.get('message', '')}".strip())
+    return out
+
+
+def load_failures(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(reason, message) for live, unready pods whose container exited non-zero."""
+    out = []
+    for pod in pods:
+        if _terminating(pod) or _pod_ready(pod):
+            continue
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            state = cs.get("state") or {}
+            for term in (state.get("terminated"), (cs.get("lastState") or {}).get("terminated")):
+                if term and term.get("exitCode", 0) != 0:
+                    waiting = (state.get("waiting") or {}).get("reason")
+                    reason = "CrashLoopBackOff" if waiting == "CrashLoopBackOff" else "Error"
+                    text = (term.get("message") or term.get("reason") or "").strip()
+                    msg = f"pod {_pod_name(pod)}: exit code {term['exitCode']}"
+                    out.append((reason, f"{msg}: {text}" if text else msg))
+                    break
+    return out
+
+
+def stuck_containers(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    out = []
+    for pod in pods:
+        if _terminating(pod):
+            continue
+        for cs in pod.get("status", {}).get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _STUCK_WAITING:
+                msg = f"pod {_pod_name(pod)}: {waiting.get('message', '')}".strip()
+                out.append((str(waiting["reason"]), msg))
+    return out
+
+
+def _deployment_condition(dep: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for c in dep.get("status", {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return None
+
+
+def _counts(dep: Mapping[str, Any] | None) -> tuple[int, int, int, int]:
+    st = (dep or {}).get("status", {})
+    return (
+        int(st.get("replicas") or 0),
+        int(st.get("readyReplicas") or 0),
+        int(st.get("updatedReplicas") or 0),
+        int(st.get("availableReplicas") or 0),
+    )
+
+
+def conditions(obs: Observation) -> list[dict[str, Any]]:
+    """The conditions for one observation (without timestamps)."""
+    out: list[dict[str, Any]] = []
+    if obs.alias_uri is not None:
+        if obs.resolve_error is None and obs.model_version is not None:
+            msg = f"{obs.alias_uri} is version {obs.model_version}"
+            out.append(_cond(MODEL_RESOLVED, True, "Resolved", msg))
+        else:
+            out.append(
+                _cond(MODEL_RESOLVED, False, "ModelResolutionFailed", obs.resolve_error or "")
+            )
+    if obs.blocking is not None:
+        reason, message = obs.blocking
+        out.append(_cond(READY, False, reason, message))
+        out.append(_cond(PROGRESSING, False, reason, message))
+        return out
+    if obs.model_uri is None and obs.alias_uri is not None:
+        out.append(_cond(READY, False, "ModelResolutionFailed", obs.resolve_error or ""))
+        out.append(_cond(PROGRESSING, False, "ModelResolutionFailed", obs.resolve_error or ""))
+        return out
+
+    dep = obs.deployment
+    desired = obs.desired_replicas
+    replicas, ready, updated, available = _counts(dep)
+    pods = obs.pods
+    sched = unschedulable(pods)
+    failed = load_failures(pods)
+    stuck = stuck_containers(pods)
+    progress = _deployment_condition(dep, "Progressing") if dep is not None else None
+    deadline = progress is not None and progress.get("reason") == "ProgressDeadlineExceeded"
+
+    # The most specific cause of missing replicas, for Ready/Degraded reasons.
+    cause: tuple[str, str] | None = None
+    if failed:
+        cause = ("ModelLoadFailed", "; ".join(m for _, m in failed))
+    elif sched:
+        cause = ("Unschedulable", "; ".join(sched))
+    elif stuck:
+        cause = (stuck[0][0], "; ".join(m for _, m in stuck))
+    elif deadline and progress is not None:
+        cause = ("ProgressDeadlineExceeded", str(progress.get("message", "")))
+
+    counts = f"{ready}/{desired} replicas ready"
+    if dep is None:
+        out.append(_cond(READY, False, "Creating", "the Deployment does not exist yet"))
+    elif desired == 0 and ready == 0:
+        out.append(_cond(READY, True, "ScaledToZero", "no replicas wanted"))
+    elif ready > 0:
+        reason = "AllReplicasReady" if ready >= desired else "SomeReplicasReady"
+        out.append(_cond(READY, True, reason, counts))
+    else:
+        reason, message = cause if cause is not None else ("ReplicasNotReady", counts)
+        out.append(
+            _cond(READY, False, reason, message if cause is None else f"{counts}: {message}")
+        )
+
+    dep_generation = int((dep or {}).get("metadata", {}).get("generation") or 0)
+    dep_observed = int((dep or {}).get("status", {}).get("observedGeneration") or 0)
+    if dep is None:
+        out.append(_cond(PROGRESSING, True, "Creating", "creating the Deployment"))
+    elif deadline and progress is not None:
+        out.append(
+            _cond(PROGRESSING, False, "ProgressDeadlineExceeded", str(progress.get("message", "")))
+        )
+    elif replicas > updated:
+        out.append(_cond(PROGRESSING, True, "RollingUpdate", f"{updated}/{desired} updated"))
+    elif dep_observed < dep_generation:
+        out.append(_cond(PROGRESSING, True, "Updating", "the Deployment controller is catching up"))
+    elif available < desired or ready < desired:
+        out.append(_cond(PROGRESSING, True, "ScalingUp", counts))
+    elif replicas > desired:
+        out.append(_cond(PROGRESSING, True, "ScalingDown", f"{replicas} -> {desired} replicas"))
+    else:
+        out.append(_cond(PROGRESSING, False, "RolloutComplete", counts))
+
+    if sched:
+        out.append(_cond(SCHEDULED, False, "Unschedulable", "; ".join(sched)))
+    else:
+        out.append(_cond(SCHEDULED, True, "AllPodsScheduled"))
+
+    if failed:
+        out.append(_cond(MODEL_LOAD_FAILED, True, failed[0][0], "; ".join(m for _, m in failed)))
+    else:
+        out.append(_cond(MODEL_LOAD_FAILED, False, "NoFailure"))
+
+    if obs.resolve_error is not None and obs.model_uri is not None:
+        msg = f"serving {obs.model_uri}; resolving {obs.alias_uri} failed: {obs.resolve_error}"
+        out.append(_cond(DEGRADED, True, "ModelResolutionFailed", msg))
+    elif dep is not None and ready < desired and cause is not None:
+        out.append(_cond(DEGRADED, True, cause[0], f"{counts}: {cause[1]}"))
+    else:
+        out.append(_cond(DEGRADED, False, "AsExpected"))
+    return out
+
+
+def with_times(
+    new: Sequence[Mapping[str, Any]],
+    previous: Sequence[Mapping[str, Any]],
+    now: datetime,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """Stamp lastTransitionTime: kept while a condition's status stays the same."""
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for c in new:
+        old = before.get(c["type"])
+        same = old is not None and old.get("status") == c["status"]
+        stamped = dict(c)
+        stamped["lastTransitionTime"] = (
+            old.get("lastTransitionTime") if same and old is not None else None
+        ) or rfc3339(now)
+        stamped["observedGeneration"] = generation
+        out.append(stamped)
+    return out
+
+
+def compute_status(
+    obs: Observation, previous: Mapping[str, Any], now: datetime
+) -> tuple[dict[str, Any], list[Transition]]:
+    """The operator-owned part of status, and the condition transitions since `previous`."""
+    replicas, ready, updated, _ = _counts(obs.deployment)
+    prev_conditions = list(previous.get("conditions") or [])
+    new_conditions = with_times(conditions(obs), prev_conditions, now, obs.generation)
+    status: dict[str, Any] = {
+        "observedGeneration": obs.generation,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "updatedReplicas": updated,
+        "desiredReplicas": obs.desired_replicas,
+        "url": obs.url,
+        "selector": obs.selector,
+        "modelUri": obs.model_uri,
+        "modelVersion": obs.model_version,
+        "conditions": new_conditions,
+    }
+    before = {c.get("type"): c for c in prev_conditions}
+    transitions = []
+    for c in new_conditions:
+        old = before.get(c["type"])
+        if old is None or old.get("status") != c["status"] or old.get("reason") != c["reason"]:
+            bad = c["status"] == ("True" if c["type"] in ABNORMAL_TRUE else "False")
+            transitions.append(
+                Transition(c["type"], c["status"], c["reason"], c["message"], warning=bad)
+            )
+    return status, transitions
+
+
+def status_patch(new: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch with only the changed keys (empty: nothing to write). Keys that are None
+    in `new` delete the field; keys the operator does not own (queueDepth) are never touched."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        if previous.get(key) != value and not (value is None and key not in previous):
+            patch[key] = value
+    return patch
