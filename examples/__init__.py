@@ -1,0 +1,1 @@
+"""Runnable example models; each one is served by a test with `shoal serve`."""

@@ -1,0 +1,439 @@
+"""`@shoal.batch`: opportunistic request batching with Ray Serve's semantics, in small parts.
+
+- `BatchPolicy`: the knobs, frozen and validated when the decorator is applied.
+- `Batcher`: a queue plus a dispatcher. The wait timer starts at the first queued item; a full
+  batch goes at once; cancelled or expired items are dropped before the call; the result length
+  is checked; every future is resolved in `finally` (otherwise requests hang).
+- One difference from Ray Serve, on purpose: Ray forms the next batch while the previous one
+  runs, so small pre-formed batches queue behind its semaphore. Here a batch is formed when a
+  batch slot is free, from the whole backlog (up to `max_batch_size`): under load, batches are
+  as large as the backlog allows, and an item that has already waited `batch_wait_timeout_s`
+  is never made to wait again.
+- Time comes from an injected `Clock`, so tests drive the timer without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar, overload
+
+from shoal.runtime.clock import Clock, LoopClock, TimerHandle
+from shoal.runtime.errors import ModelError, NotReady, QueueFull, ShoalError
+from shoal.runtime.execution import call_sync
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a batch is formed. Validated at construction (so at decoration time)."""
+
+    max_batch_size: int = 10
+    """Most items handed to the function in one call."""
+    batch_wait_timeout_s: float = 0.01
+    """Longest wait for more items, counted from the first queued item."""
+    max_concurrent_batches: int = 1
+    """Batches that may run at once (each sync batch gets its own worker thread)."""
+    max_queue_size: int | None = None
+    """Most items waiting; one more is refused with QueueFull (HTTP 503). None: unbounded."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int):
+            raise TypeError(f"max_batch_size must be an int, got {self.max_batch_size!r}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if isinstance(self.batch_wait_timeout_s, bool) or not isinstance(
+            self.batch_wait_timeout_s, int | float
+        ):
+            raise TypeError(
+                f"batch_wait_timeout_s must be a number, got {self.batch_wait_timeout_s!r}"
+            )
+        if not self.batch_wait_timeout_s >= 0:  # also rejects NaN
+            raise ValueError(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
+        mcb = self.max_concurrent_batches
+        if isinstance(mcb, bool) or not isinstance(mcb, int) or mcb < 1:
+            raise ValueError(f"max_concurrent_batches must be an int >= 1, got {mcb!r}")
+        mqs = self.max_queue_size
+        if mqs is not None and (isinstance(mqs, bool) or not isinstance(mqs, int) or mqs < 1):
+            raise ValueError(f"max_queue_size must be None or an int >= 1, got {mqs!r}")
+
+    def with_overrides(self, **overrides: Any) -> BatchPolicy:
+        """A copy with the non-None overrides applied (flags and env beat the decorator)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class _Item:
+    __slots__ = ("enqueued_at", "future", "value")
+
+    def __init__(self, value: Any, future: asyncio.Future[Any], enqueued_at: float) -> None:
+        self.value = value
+        self.future = future
+        self.enqueued_at = enqueued_at
+
+
+class Batcher(Generic[In, Out]):
+    """The queue and dispatcher behind one batched function (or one instance's method).
+
+    Binds to the running event loop on first use; `aclose()` fails what is still queued.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[In]], Awaitable[Sequence[Out]] | Sequence[Out]],
+        policy: BatchPolicy,
+        *,
+        is_async: bool | None = None,
+        clock: Clock | None = None,
+        name: str = "",
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.policy = policy
+        self.name = name or getattr(fn, "__qualname__", repr(fn))
+        self.is_async = inspect.iscoroutinefunction(fn) if is_async is None else is_async
+        self.on_batch = on_batch
+        self._clock = clock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._queue: deque[_Item] = deque()
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: TimerHandle | None = None
+        self._timer_when = 0.0
+        self._closed = False
+
+    # -- introspection (metrics read these at scrape time) --------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running_batches(self) -> int:
+        return self._running
+
+    @property
+    def clock(self) -> Clock:
+        if self._clock is None:
+            self._clock = LoopClock()
+        return self._clock
+
+    # -- submission -----------------------------------------------------------------------
+    def submit(self, value: In) -> asyncio.Future[Out]:
+        return self.submit_many((value,))[0]
+
+    def submit_many(self, values: Sequence[In]) -> list[asyncio.Future[Out]]:
+        """Queue several rows at once (all or none: the queue bound is checked first)."""
+        if self._closed:
+            raise NotReady(f"{self.name}: batcher is closed")
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        queue = self._queue
+        limit = self.policy.max_queue_size
+        if limit is not None and len(queue) + len(values) > limit:
+            raise QueueFull(
+                f"{self.name}: queue is full ({len(queue)} waiting, limit {limit}); retry later"
+            )
+        now = self.clock.time()
+        futures: list[asyncio.Future[Out]] = []
+        for value in values:
+            fut: asyncio.Future[Out] = loop.create_future()
+            queue.append(_Item(value, fut, now))
+            futures.append(fut)
+        self._maybe_dispatch()
+        return futures
+
+    # -- dispatch -------------------------------------------------------------------------
+    def _maybe_dispatch(self) -> None:
+        policy = self.policy
+        queue = self._queue
+        while self._running < policy.max_concurrent_batches and queue:
+            head = queue[0]
+            if head.future.done():  # cancelled or expired while waiting: drop
+                queue.popleft()
+                continue
+            close_at = head.enqueued_at + policy.batch_wait_timeout_s
+            if len(queue) < policy.max_batch_size and self.clock.time() < close_at:
+                self._arm(close_at)
+                return
+            items: list[_Item] = []
+            while queue and len(items) < policy.max_batch_size:
+                item = queue.popleft()
+                if not item.future.done():
+                    items.append(item)
+            if items:
+                self._start(items)
+        if self._timer is not None and (
+            not queue or self._running >= policy.max_concurrent_batches
+        ):
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            if self._timer_when == when:
+                return
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = self.clock.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._maybe_dispatch()
+
+    def _start(self, items: list[_Item]) -> None:
+        assert self._loop is not None
+        self._running += 1
+        task = self._loop.create_task(self._run(items))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, items: list[_Item]) -> None:
+        try:
+            if self.on_batch is not None:
+                self.on_batch(len(items))
+            values = [item.value for item in items]
+            if self.is_async:
+                results = await self.fn(values)  # type: ignore[misc]
+            else:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        max_workers=self.policy.max_concurrent_batches,
+                        thread_name_prefix=f"shoal-batch-{self.name}",
+                    )
+                assert self._loop is not None
+                results = await self._loop.run_in_executor(
+                    self._executor, call_sync, self.fn, values
+                )
+            try:
+                n = len(results)
+            except TypeError:
+                raise ModelError(
+                    f"{self.name} returned {type(results).__name__}; a batched function must "
+                    f"return a list with one result per input"
+                ) from None
+            if n != len(items):
+                raise ModelError(
+                    f"{self.name} returned {n} results for a batch of {len(items)} inputs; "
+                    f"a batched function must return one result per input"
+                )
+            for item, result in zip(items, results, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):  # the model failed just this item
+                    item.future.set_exception(_as_model_error(self.name, result))
+                else:
+                    item.future.set_result(result)
+        except Exception as exc:
+            err = _as_model_error(self.name, exc)
+            if not isinstance(exc, ShoalError):
+                logger.error("%s: batch of %d failed", self.name, len(items), exc_info=exc)
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(err)
+        finally:
+            for item in items:  # cancelled, or a BaseException went past: never leave a hang
+                if not item.future.done():
+                    item.future.set_exception(ModelError(f"{self.name}: batch did not finish"))
+            self._running -= 1
+            if not self._closed:
+                self._maybe_dispatch()
+
+    async def aclose(self) -> None:
+        """Stop taking items, fail what is queued, wait for running batches."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(NotReady(f"{self.name}: shutting down"))
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+
+def _as_model_error(name: str, exc: BaseException) -> ShoalError:
+    if isinstance(exc, ShoalError):
+        return exc
+    return ModelError(f"{name} failed: {type(exc).__name__}: {exc}")
+
+
+async def gather_rows(futures: Sequence[asyncio.Future[Out]]) -> list[Out]:
+    """Await a request's row futures; on the first failure drop the rest from the queue."""
+    if len(futures) == 1:
+        try:
+            return [await futures[0]]
+        except BaseException:
+            futures[0].cancel()
+            raise
+    try:
+        return [await f for f in futures]
+    except BaseException:
+        for f in futures:
+            if not f.done():
+                f.cancel()
+            elif not f.cancelled():
+                f.exception()  # mark retrieved: one error answers the request
+        raise
+
+
+# -- the decorator ------------------------------------------------------------------------
+
+
+class BatchedFunction:
+    """What `@shoal.batch` returns: call it with ONE item, get that item's result.
+
+    On a class it is a descriptor: each instance gets its own `Batcher` (stored in the
+    instance's `__dict__`), created on first use or by the runtime with its overrides.
+    """
+
+    def __init__(self, func: Callable[..., Any], policy: BatchPolicy, clock: Clock | None) -> None:
+        if not callable(func):
+            raise TypeError(f"@shoal.batch needs a function, got {func!r}")
+        self.func = func
+        self.policy = policy
+        self.clock = clock
+        self.is_async = inspect.iscoroutinefunction(func)
+        self._attr = f"_shoal_batcher_{func.__name__}"
+        self._batcher: Batcher[Any, Any] | None = None  # plain functions only
+        functools.update_wrapper(self, func)
+
+    def batcher_for(
+        self,
+        instance: object | None,
+        policy: BatchPolicy | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Batcher[Any, Any]:
+        """The batcher of a plain function (instance None) or of one instance's method.
+
+        `policy`/`on_batch` apply only when it is created here (the runtime creates it first).
+        """
+        if instance is None:
+            if self._batcher is None:
+                self._batcher = Batcher(
+                    self.func,
+                    policy or self.policy,
+                    is_async=self.is_async,
+                    clock=self.clock,
+                    name=self.func.__qualname__,
+                    on_batch=on_batch,
+                )
+            return self._batcher
+        existing: Batcher[Any, Any] | None = instance.__dict__.get(self._attr)
+        if existing is None:
+            existing = Batcher(
+                functools.partial(self.func, instance),
+                policy or self.policy,
+                is_async=self.is_async,
+                clock=self.clock,
+                name=self.func.__qualname__,
+                on_batch=on_batch,
+            )
+            instance.__dict__[self._attr] = existing
+        return existing
+
+    def reset(self, instance: object | None) -> None:
+        """Forget a batcher (after `aclose`), so a later use makes a fresh one."""
+        if instance is None:
+            self._batcher = None
+        else:
+            instance.__dict__.pop(self._attr, None)
+
+    async def __call__(self, item: Any) -> Any:
+        fut = self.batcher_for(None).submit(item)
+        return (await gather_rows([fut]))[0]
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> BatchedFunction: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> BoundBatched: ...
+    def __get__(self, instance: object | None, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return BoundBatched(self, instance)
+
+
+class BoundBatched:
+    __slots__ = ("batched", "instance")
+
+    def __init__(self, batched: BatchedFunction, instance: object) -> None:
+        self.batched = batched
+        self.instance = instance
+
+    @property
+    def batcher(self) -> Batcher[Any, Any]:
+        return self.batched.batcher_for(self.instance)
+
+    async def __call__(self, item: Any) -> Any:
+        fut = self.batcher.submit(item)
+        return (await gather_rows([fut]))[0]
+
+
+@overload
+def batch(_func: Callable[..., Any], /) -> BatchedFunction: ...
+@overload
+def batch(
+    _func: None = None,
+    /,
+    *,
+    max_batch_size: int = 10,
+    batch_wait_timeout_s: float = 0.01,
+    max_concurrent_batches: int = 1,
+    max_queue_size: int | None = None,
+    clock: Clock | None = None,
+) -> Callable[[Callable[..., Any]], BatchedFunction]: ...
+def batch(
+    _func: Callable[..., Any] | None = None,
+    /,
+    *,
+    max_batch_size: int = 10,
+    batch_wait_timeout_s: float = 0.01,
+    max_concurrent_batches: int = 1,
+    max_queue_size: int | None = None,
+    clock: Clock | None = None,
+) -> BatchedFunction | Callable[[Callable[..., Any]], BatchedFunction]:
+    """Batch calls to a function or method that takes a list of inputs and returns a list.
+
+    Callers pass ONE input and get ONE result. `async def` runs on the event loop (it must not
+    block); plain `def` runs in a worker thread (under torch's inference mode when torch is
+    loaded). `clock` is for tests. The runtime's flags and env override these values.
+    """
+    policy = BatchPolicy(
+        max_batch_size=max_batch_size,
+        batch_wait_timeout_s=batch_wait_timeout_s,
+        max_concurrent_batches=max_concurrent_batches,
+        max_queue_size=max_queue_size,
+    )
+
+    def decorate(func: Callable[..., Any]) -> BatchedFunction:
+        return BatchedFunction(func, policy, clock)
+
+    if _func is not None:
+        return decorate(_func)
+    return decorate
+
+
+def find_batched(obj: object) -> tuple[BatchedFunction, object | None] | None:
+    """The batched entry point of a model object: a batched function, or an instance whose
+    class's `__call__` (or `predict`) is batched. Returns (batched, instance-or-None)."""
+    if isinstance(obj, BatchedFunction):
+        return obj, None
+    for name in ("__call__", "predict"):
+        attr = inspect.getattr_static(type(obj), name, None)
+        if isinstance(attr, BatchedFunction):
+            return attr, obj
+    return None

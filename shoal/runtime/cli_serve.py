@@ -1,0 +1,39 @@
+"""`shoal serve [NAME=]module:Class ...`: serve models over HTTP (V2, V1, metrics, ingress)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from shoal.runtime import logs
+from shoal.runtime.loading import LoadError
+from shoal.runtime.settings import add_arguments as _add_arguments
+from shoal.runtime.settings import from_args
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = from_args(args)
+    except LoadError as exc:
+        logs.configure()
+        logger.error("%s", exc)
+        return 2
+    logs.configure(settings.log_format, settings.log_level)
+    from shoal.runtime.serving import run as serve_run
+
+    try:
+        return serve_run(settings)
+    except OSError as exc:  # e.g. the port is taken
+        logger.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(run(argparse.Namespace()))

@@ -1,0 +1,78 @@
+"""The protocol-agnostic data plane (KServe's layering): `live`, `ready`, `metadata`, `infer`.
+Protocol modules turn bytes into rows and call it; it knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from shoal.runtime.errors import Draining, ModelNotFound, NotReady
+from shoal.runtime.model import ServedModel
+
+
+class DataPlane:
+    def __init__(self, expected: Iterable[str]) -> None:
+        self.expected = list(expected)
+        """Model names this process serves (known before they load: 503, not 404)."""
+        self.models: dict[str, ServedModel] = {}
+        self.loaded = False
+        self.draining = False
+        self.inflight = 0
+        self._idle = asyncio.Event()
+
+    # -- state ----------------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.loaded and not self.draining
+
+    def add(self, model: ServedModel) -> None:
+        self.models[model.name] = model
+
+    def model(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is not None:
+            return model
+        if name in self.expected:
+            raise NotReady(f"model {name!r} is loading")
+        raise ModelNotFound(f"model {name!r} not found; this server has {self._names()}")
+
+    def _names(self) -> str:
+        return ", ".join(repr(n) for n in self.expected) or "no models"
+
+    def model_ready(self, name: str) -> bool:
+        model = self.models.get(name)
+        if model is None and name not in self.expected:
+            raise ModelNotFound(f"model {name!r} not found; this server has {self._names()}")
+        return model is not None and model.ready and not self.draining
+
+    # -- work -----------------------------------------------------------------------------
+    def admit(self) -> None:
+        """Count a unit of work in (drain waits for these); refuse new work while draining."""
+        if self.draining:
+            raise Draining()
+        self.inflight += 1
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0 and self.draining:
+            self._idle.set()
+
+    async def infer(self, name: str, rows: Sequence[Any], deadline: float) -> list[Any]:
+        model = self.model(name)
+        if not model.ready:
+            raise NotReady(f"model {name!r} is not ready")
+        self.admit()
+        try:
+            return await model.infer(rows, deadline)
+        finally:
+            self.release()
+
+    async def drained(self) -> None:
+        """Return once no admitted work is left (call after setting `draining`)."""
+        if self.inflight == 0:
+            return
+        self._idle.clear()
+        await self._idle.wait()

@@ -1,0 +1,223 @@
+"""A loaded user model as the data plane sees it: one `infer(rows, deadline)` whatever the user
+wrote (a batched method, a plain or async `__call__`/`predict`, or a function).
+
+Sync code never runs on the event loop: batched sync functions run in the batcher's thread,
+unbatched ones in this model's own single worker thread (models are rarely thread-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from shoal.runtime.batching import (
+    BatchedFunction,
+    Batcher,
+    BatchPolicy,
+    find_batched,
+    gather_rows,
+)
+from shoal.runtime.clock import Clock, LoopClock
+from shoal.runtime.errors import DeadlineExceeded, ModelError, QueueFull
+from shoal.runtime.execution import call_sync
+
+logger = logging.getLogger(__name__)
+
+ASGIApp = Callable[..., Any]
+
+
+def _expire(futures: Sequence[asyncio.Future[Any]], seconds: float) -> None:
+    err = DeadlineExceeded(f"deadline exceeded: no answer within {seconds * 1000:.0f} ms")
+    for fut in futures:
+        if not fut.done():
+            fut.set_exception(err)
+
+
+def _entry_point(obj: object) -> Callable[..., Any]:
+    if inspect.isroutine(obj):
+        return obj
+    if not isinstance(obj, type):
+        if inspect.getattr_static(type(obj), "__call__", None) is not None:
+            return obj.__call__  # type: ignore[operator, no-any-return]
+        predict = getattr(obj, "predict", None)
+        if callable(predict):
+            return predict  # type: ignore[no-any-return]
+    raise TypeError(f"{obj!r} has no __call__ or predict method to serve")
+
+
+class ServedModel:
+    """One named model in this process."""
+
+    def __init__(
+        self,
+        name: str,
+        obj: object,
+        *,
+        overrides: dict[str, Any] | None = None,
+        default_max_queue_size: int | None = None,
+        clock: Clock | None = None,
+        device: str = "cpu",
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.obj = obj
+        self.device = device
+        self.ready = False
+        self.inflight = 0
+        self._clock = clock
+        self._on_batch = on_batch
+        self.batcher: Batcher[Any, Any] | None = None
+        self.policy: BatchPolicy | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.max_queue_size = default_max_queue_size
+        found = find_batched(obj)
+        if found is not None:
+            batched, instance = found
+            over = dict(overrides or {})
+            if over.get("max_queue_size") is None and batched.policy.max_queue_size is None:
+                over["max_queue_size"] = default_max_queue_size
+            self.policy = batched.policy.with_overrides(**over)
+            self._batched: tuple[BatchedFunction, object | None] | None = (batched, instance)
+            self._fn: Callable[..., Any] = batched
+            self.is_async = True
+        else:
+            self._batched = None
+            self._fn = _entry_point(obj)
+            self.is_async = inspect.iscoroutinefunction(self._fn)
+        self.ingress = find_ingress(obj)
+        self.inputs: list[dict[str, Any]] = list(getattr(obj, "inputs", None) or [])
+        self.outputs: list[dict[str, Any]] = list(getattr(obj, "outputs", None) or [])
+
+    @property
+    def clock(self) -> Clock:
+        if self._clock is None:
+            self._clock = LoopClock()
+        return self._clock
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create the batcher with the runtime's policy (on the running loop) and go ready."""
+        if self._batched is not None:
+            batched, instance = self._batched
+            batched.reset(instance)  # a batcher made before the runtime's knobs applied
+            self.batcher = batched.batcher_for(instance, self.policy, self._on_batch)
+            if self._clock is not None:
+                self.batcher._clock = self._clock
+        self.ready = True
+
+    async def aclose(self) -> None:
+        self.ready = False
+        if self.batcher is not None:
+            await self.batcher.aclose()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+
+    # -- state for metrics and drain ------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        if self.batcher is not None:
+            return self.batcher.queue_depth
+        return max(0, self.inflight - 1)
+
+    # -- inference ------------------------------------------------------------------------
+    async def infer(self, rows: Sequence[Any], deadline: float) -> list[Any]:
+        """One result per row, or a ShoalError (QueueFull, DeadlineExceeded, ModelError...).
+
+        `deadline` is on `self.clock`; time spent queued counts.
+        """
+        self.inflight += 1
+        try:
+            clock = self.clock
+            batcher = self.batcher
+            if batcher is not None:
+                futures = batcher.submit_many(rows)
+            else:
+                futures = [self._start_unbatched(rows)]
+            timer = clock.call_at(
+                deadline, functools.partial(_expire, futures, deadline - clock.time())
+            )
+            try:
+                results = await gather_rows(futures)
+            finally:
+                timer.cancel()
+            if batcher is not None:
+                return results
+            out: list[Any] = results[0]
+            return out
+        finally:
+            self.inflight -= 1
+
+    def _start_unbatched(self, rows: Sequence[Any]) -> asyncio.Future[list[Any]]:
+        limit = self.max_queue_size
+        if limit is not None and self.inflight > limit + 1:
+            raise QueueFull(f"{self.name}: queue is full (limit {limit}); retry later")
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[list[Any]] = loop.create_future()
+        if self.is_async:
+            task = loop.create_task(self._run_async(rows, reply))
+            reply.add_done_callback(lambda _: task.cancel())
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"shoal-{self.name}")
+            work = loop.run_in_executor(self._executor, self._run_sync, rows, reply)
+            work.add_done_callback(functools.partial(_transfer, reply))
+        return reply
+
+    async def _run_async(self, rows: Sequence[Any], reply: asyncio.Future[list[Any]]) -> None:
+        try:
+            out = [await self._fn(row) for row in rows]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not reply.done():
+                reply.set_exception(_model_error(self.name, exc))
+            return
+        if not reply.done():
+            reply.set_result(out)
+
+    def _run_sync(self, rows: Sequence[Any], reply: asyncio.Future[list[Any]]) -> list[Any] | None:
+        if reply.done():  # expired while waiting for the worker: skip the work
+            return None
+        return [call_sync(self._fn, row) for row in rows]
+
+
+def _transfer(reply: asyncio.Future[list[Any]], work: asyncio.Future[list[Any] | None]) -> None:
+    if reply.done():
+        return
+    exc = work.exception()
+    if exc is not None:
+        reply.set_exception(_model_error("model", exc))
+    else:
+        result = work.result()
+        reply.set_result(result if result is not None else [])
+
+
+def _model_error(name: str, exc: BaseException) -> Exception:
+    from shoal.runtime.errors import ShoalError
+
+    if isinstance(exc, ShoalError):
+        return exc
+    logger.error("%s failed", name, exc_info=exc)
+    return ModelError(f"{name} failed: {type(exc).__name__}: {exc}")
+
+
+def find_ingress(obj: object) -> ASGIApp | None:
+    """A model's own ASGI app (FastAPI or any ASGI callable): an `ingress()` method that builds
+    it (it can close over `self`), or an `app` attribute (we set `app.state.model = obj`)."""
+    build = getattr(obj, "ingress", None)
+    app = build() if callable(build) and not _is_asgi_app(build) else getattr(obj, "app", None)
+    if app is None:
+        return None
+    state = getattr(app, "state", None)
+    if state is not None:
+        state.model = obj
+    return app  # type: ignore[no-any-return]
+
+
+def _is_asgi_app(obj: object) -> bool:
+    return hasattr(obj, "router") or hasattr(obj, "routes")

@@ -1,0 +1,1 @@
+"""Wire protocols: each turns bytes into rows for the data plane and results back into bytes."""

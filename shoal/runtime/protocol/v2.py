@@ -1,0 +1,305 @@
+"""Open Inference Protocol V2 (REST): infer request/response with datatype and shape checks,
+and the binary tensor extension (`Inference-Header-Content-Length`) that tritonclient uses.
+
+Rows: every input's first dimension is the row count n. A model with one input receives each
+row as that input's slice (a numpy array, or a Python scalar/str for shape [n]); with several
+inputs, a dict name -> slice. Results are stacked back into tensors of shape [n, ...]; a result
+that is a dict gives one output tensor per key.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shoal.runtime.errors import InvalidInput, ModelError
+from shoal.runtime.protocol.encoding import dumps, loads_object
+
+DTYPES: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
+}
+_KIND_OK = {"b": "b", "u": "iu", "i": "iu", "f": "iuf", "O": "USO"}
+_NP_TO_V2 = {np.dtype(v).name: k for k, v in DTYPES.items() if k != "BYTES"}
+DEFAULT_OUTPUT = "output0"
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    rows: list[Any]
+    output_names: list[str] | None  # None: all outputs
+    binary_outputs: set[str] | bool  # True: every output binary
+
+
+def _fail(msg: str) -> InvalidInput:
+    return InvalidInput(f"V2 infer: {msg}")
+
+
+def _check_shape(name: str, shape: Any) -> list[int]:
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise _fail(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    if not shape:
+        raise _fail(f"input {name!r}: shape [] has no batch dimension; use [n, ...]")
+    return shape
+
+
+def _from_json_data(name: str, datatype: str, data: Any, count: int) -> np.ndarray[Any, Any]:
+    if not isinstance(data, list):
+        raise _fail(f"input {name!r}: data must be a list, got {type(data).__name__}")
+    try:
+        arr = np.asarray(data, dtype=np.object_ if datatype == "BYTES" else None)
+    except ValueError:
+        raise _fail(
+            f"input {name!r}: data is ragged; it must be flat or a regular nesting"
+        ) from None
+    if arr.dtype == np.object_ and datatype != "BYTES":
+        raise _fail(f"input {name!r}: data is ragged or mixed; expected {datatype} numbers")
+    arr = arr.reshape(-1)
+    if arr.size != count:
+        raise _fail(f"input {name!r}: shape needs {count} elements, data has {arr.size}")
+    if datatype == "BYTES":
+        for v in arr:
+            if not isinstance(v, str):
+                raise _fail(f"input {name!r}: BYTES data must be strings, got {type(v).__name__}")
+        return arr
+    kind = arr.dtype.kind if arr.size else np.dtype(DTYPES[datatype]).kind
+    target = np.dtype(DTYPES[datatype])
+    if kind not in _KIND_OK[target.kind]:
+        got = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats"}.get(
+            kind, "strings"
+        )
+        raise _fail(f"input {name!r}: datatype {datatype} does not accept {got}")
+    if target.kind in "iu" and arr.size:
+        info = np.iinfo(target)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise _fail(f"input {name!r}: a value is out of range for {datatype}")
+    return arr.astype(target, copy=False)
+
+
+def _from_binary(name: str, datatype: str, raw: bytes, count: int) -> np.ndarray[Any, Any]:
+    if datatype == "BYTES":
+        out: list[str] = []
+        pos = 0
+        while pos < len(raw):
+            if pos + 4 > len(raw):
+                raise _fail(f"input {name!r}: truncated BYTES element length")
+            (n,) = struct.unpack_from("<I", raw, pos)
+            pos += 4
+            out.append(raw[pos : pos + n].decode("utf-8", "replace"))
+            pos += n
+        arr = np.empty(len(out), dtype=np.object_)
+        arr[:] = out
+    else:
+        dt = np.dtype(DTYPES[datatype]).newbyteorder("<")
+        if len(raw) != count * dt.itemsize:
+            raise _fail(
+                f"input {name!r}: binary data has {len(raw)} bytes; shape and {datatype} "
+                f"need {count * dt.itemsize}"
+            )
+        arr = np.frombuffer(raw, dtype=dt).astype(dt.newbyteorder("="), copy=False)
+    if arr.size != count:
+        raise _fail(f"input {name!r}: shape needs {count} elements, data has {arr.size}")
+    return arr
+
+
+def parse_infer(
+    body: bytes, header_length: int | None, declared: list[dict[str, Any]]
+) -> InferRequest:
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise _fail(f"Inference-Header-Content-Length {header_length} exceeds the body")
+        head, binary = body[:header_length], memoryview(body)[header_length:]
+    else:
+        head, binary = body, memoryview(b"")
+    req = loads_object(head, "V2 infer")
+    inputs = req.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise _fail('the body needs a non-empty "inputs" list')
+    declared_by_name = {d.get("name"): d for d in declared}
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    n_rows: int | None = None
+    offset = 0
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            raise _fail(f"inputs[{i}] must be an object")
+        name = tensor.get("name")
+        if not isinstance(name, str) or not name:
+            raise _fail(f"inputs[{i}] needs a string name")
+        if name in arrays:
+            raise _fail(f"input {name!r} given twice")
+        datatype = tensor.get("datatype")
+        if datatype not in DTYPES:
+            raise _fail(
+                f"input {name!r}: unknown datatype {datatype!r}; "
+                f"expected one of {', '.join(DTYPES)}"
+            )
+        shape = _check_shape(name, tensor.get("shape"))
+        if declared_by_name:
+            _check_declared(name, datatype, shape, declared_by_name)
+        count = int(np.prod(shape))
+        params = tensor.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise _fail(f"input {name!r}: binary_data_size {size!r} runs past the body")
+            arr = _from_binary(name, datatype, bytes(binary[offset : offset + size]), count)
+            offset += size
+        elif "data" in tensor:
+            arr = _from_json_data(name, datatype, tensor["data"], count)
+        else:
+            raise _fail(f"input {name!r} has no data")
+        arrays[name] = arr.reshape(shape)
+        if n_rows is None:
+            n_rows = shape[0]
+        elif shape[0] != n_rows:
+            raise _fail(f"input {name!r}: {shape[0]} rows, but other inputs have {n_rows}")
+    if declared_by_name:
+        missing = [
+            n
+            for n in declared_by_name
+            if n not in arrays and not declared_by_name[n].get("optional")
+        ]
+        if missing:
+            raise _fail(f"missing input(s) {', '.join(map(repr, missing))}")
+    if not n_rows:
+        raise _fail("inputs have 0 rows")
+    rows = _rows(arrays, n_rows)
+    params = req.get("parameters") or {}
+    outputs_req = req.get("outputs")
+    names: list[str] | None = None
+    binary_out: set[str] | bool = bool(
+        isinstance(params, dict) and params.get("binary_data_output")
+    )
+    if outputs_req is not None:
+        if not isinstance(outputs_req, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs_req
+        ):
+            raise _fail('"outputs" must be a list of objects with a name')
+        names = [o["name"] for o in outputs_req]
+        if binary_out is False:
+            binary_out = {
+                o["name"] for o in outputs_req if (o.get("parameters") or {}).get("binary_data")
+            }
+    rid = req.get("id")
+    return InferRequest(str(rid) if rid is not None else None, rows, names, binary_out)
+
+
+def _check_declared(
+    name: str, datatype: str, shape: list[int], declared: dict[Any, dict[str, Any]]
+) -> None:
+    spec = declared.get(name)
+    if spec is None:
+        raise _fail(f"unknown input {name!r}; the model takes {', '.join(map(repr, declared))}")
+    if spec.get("datatype") and spec["datatype"] != datatype:
+        raise _fail(f"input {name!r}: datatype {datatype}, the model takes {spec['datatype']}")
+    want = spec.get("shape")
+    if want is not None and (
+        len(want) != len(shape) or any(w not in (-1, s) for w, s in zip(want, shape, strict=True))
+    ):
+        raise _fail(f"input {name!r}: shape {shape} does not match the model's {want}")
+
+
+def _rows(arrays: dict[str, np.ndarray[Any, Any]], n: int) -> list[Any]:
+    def row(arr: np.ndarray[Any, Any], i: int) -> Any:
+        value = arr[i]
+        return value.item() if arr.ndim == 1 and arr.dtype != np.object_ else value
+
+    if len(arrays) == 1:
+        (arr,) = arrays.values()
+        return [row(arr, i) for i in range(n)]
+    return [{k: row(a, i) for k, a in arrays.items()} for i in range(n)]
+
+
+def _tensor(name: str, values: list[Any]) -> tuple[str, np.ndarray[Any, Any]]:
+    try:
+        arr = np.asarray([v.cpu().numpy() if hasattr(v, "cpu") else v for v in values])
+    except ValueError as exc:
+        raise ModelError(f"output {name!r}: results do not stack into a tensor: {exc}") from None
+    if arr.dtype.kind in "USO":
+        flat = arr.reshape(-1)
+        obj = np.empty(flat.shape, dtype=np.object_)
+        obj[:] = [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
+        return "BYTES", obj.reshape(arr.shape)
+    dtype = _NP_TO_V2.get(arr.dtype.name)
+    if dtype is None:
+        raise ModelError(f"output {name!r}: numpy dtype {arr.dtype} has no V2 datatype")
+    return dtype, arr
+
+
+def _binary(datatype: str, arr: np.ndarray[Any, Any]) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for v in arr.reshape(-1):
+            b = v.encode() if isinstance(v, str) else bytes(v)
+            parts.append(struct.pack("<I", len(b)) + b)
+        return b"".join(parts)
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+
+
+def encode_infer(
+    model_name: str, req: InferRequest, results: list[Any], default_output: str
+) -> tuple[bytes, int | None]:
+    """(body, json header length when binary outputs follow, else None)."""
+    if results and isinstance(results[0], dict):
+        keys = list(results[0])
+        columns = {k: [r[k] for r in results] for k in keys}
+    else:
+        columns = {default_output: results}
+    names = req.output_names or list(columns)
+    for n in names:
+        if n not in columns:
+            raise InvalidInput(
+                f"V2 infer: unknown output {n!r}; the model gives {', '.join(map(repr, columns))}"
+            )
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for n in names:
+        datatype, arr = _tensor(n, columns[n])
+        out: dict[str, Any] = {"name": n, "datatype": datatype, "shape": list(arr.shape)}
+        if req.binary_outputs is True or (
+            isinstance(req.binary_outputs, set) and n in req.binary_outputs
+        ):
+            blob = _binary(datatype, arr)
+            out["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif datatype == "BYTES":
+            out["data"] = arr.reshape(-1).tolist()
+        elif datatype == "FP16":
+            out["data"] = arr.reshape(-1).astype(np.float32)
+        else:
+            out["data"] = np.ascontiguousarray(arr).reshape(-1)
+        outputs.append(out)
+    response: dict[str, Any] = {"model_name": model_name, "outputs": outputs}
+    if req.id is not None:
+        response["id"] = req.id
+    head = dumps(response)
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
+
+
+def model_metadata(name: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> bytes:
+    return dumps(
+        {"name": name, "versions": ["1"], "platform": "shoal", "inputs": inputs, "outputs": outputs}
+    )
+
+
+def server_metadata(version: str) -> bytes:
+    return dumps({"name": "shoal", "version": version, "extensions": ["binary_tensor_data"]})

@@ -1,0 +1,129 @@
+"""Running the runtime on uvicorn (uvloop + httptools) on a socket we bind ourselves:
+SO_REUSEADDR (a restart need not wait out TIME_WAIT) and never SO_REUSEPORT (a second
+process cannot bind the port while the first holds it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any
+
+import uvicorn
+
+from shoal.runtime.lifecycle import Runtime
+from shoal.runtime.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but SIGTERM starts a drain instead of an immediate shutdown, and the process
+    exits normally afterwards (uvicorn would re-raise the signal)."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime) -> None:
+        super().__init__(config)
+        self.runtime = runtime
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+            except (RuntimeError, ValueError):  # not the main thread
+                break
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if self.runtime.plane.draining or not self.runtime.plane.loaded:
+            # A second signal, or nothing loaded to drain: stop now.
+            self.should_exit = True
+            if sig == signal.SIGINT and self.runtime.plane.draining:
+                self.force_exit = True
+            return
+        logger.info("received %s", signal.Signals(sig).name)
+        self.runtime.begin_drain()
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+
+
+async def serve(
+    settings: ServeSettings,
+    on_listening: Callable[[Runtime, int], Coroutine[Any, Any, None]] | None = None,
+) -> int:
+    """Serve until drained or told to stop. Returns the process exit code."""
+    sock = bind(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    runtime = Runtime(settings)
+    config = uvicorn.Config(
+        runtime.app,
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=75,  # longer than typical client/gateway pool idle timeouts
+        timeout_graceful_shutdown=5,
+        backlog=2048,
+    )
+    server = _Server(config, runtime)
+    runtime.request_exit = server.request_exit
+    if settings.port_file:
+        _write_port_file(settings.port_file, port)
+    logger.info(
+        "shoal listening on http://%s:%d (models: %s)",
+        settings.host,
+        port,
+        ", ".join(s.name for s in settings.models),
+    )
+    waiter: asyncio.Task[None] | None = None
+    if on_listening is not None:
+        waiter = asyncio.get_running_loop().create_task(on_listening(runtime, port))
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        sock.close()
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+    return runtime.exit_code
+
+
+def _write_port_file(path: str, port: int) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(port))
+    os.replace(tmp, path)  # readers never see a half-written file
+
+
+def run(
+    settings: ServeSettings,
+    on_listening: Callable[[Runtime, int], Coroutine[Any, Any, None]] | None = None,
+) -> int:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(serve(settings, on_listening))

@@ -1,0 +1,185 @@
+"""`shoal serve` settings: one typed object built from flags and env in main() (flags win).
+
+The operator starts pods as `shoal serve` with env only, so every setting has an env name."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.runtime.loading import (
+    MLFLOW_TARGET,
+    LoadError,
+    ModelSpec,
+    default_name,
+    is_mlflow_uri,
+    parse_config_json,
+    parse_config_pairs,
+    split_named,
+)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    models: list[ModelSpec]
+    """What to serve: one or more named model classes."""
+    host: str = "0.0.0.0"
+    """Bind address (SHOAL_HOST). Each e2e pod has its own network namespace and IP."""
+    port: int = 8000
+    """Bind port (SHOAL_PORT); 0 picks a free one (see port_file)."""
+    port_file: str | None = None
+    """Write the bound port here once listening (tests, the demo)."""
+    device: str = "auto"
+    """torch device: auto (cuda when available), cpu, cuda, cuda:1 (SHOAL_DEVICE)."""
+    max_batch_size: int | None = None
+    """Overrides every batched model's decorator value (SHOAL_MAX_BATCH_SIZE)."""
+    batch_wait_timeout_s: float | None = None
+    """Overrides the decorator's wait (SHOAL_BATCH_WAIT_TIMEOUT_S)."""
+    max_concurrent_batches: int | None = None
+    """Overrides the decorator's value (SHOAL_MAX_CONCURRENT_BATCHES)."""
+    max_queue_size: int = 1024
+    """Rows waiting per model before 503 + Retry-After (SHOAL_MAX_QUEUE_SIZE)."""
+    request_timeout_s: float = 30.0
+    """Deadline of a request without x-shoal-timeout-ms, queue time included (504 after)."""
+    grace_period_s: float = 25.0
+    """After SIGTERM: time to finish queued and in-flight work before exiting anyway."""
+    max_body_bytes: int = 16 << 20
+    """Larger request bodies get 413 (SHOAL_MAX_BODY_BYTES)."""
+    log_format: str = "text"
+    """text or json (SHOAL_LOG_FORMAT)."""
+    log_level: str = "INFO"
+    """SHOAL_LOG_LEVEL."""
+    termination_log: str = "/dev/termination-log"
+    """Where a failed load writes its cause (Kubernetes' terminationMessagePath)."""
+    app_dir: str | None = None
+    """Directory put first on sys.path to import model modules (default: the current one)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def batch_overrides(self) -> dict[str, Any]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "max_concurrent_batches": self.max_concurrent_batches,
+        }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "models",
+        nargs="*",
+        metavar="[NAME=]MODEL",
+        help="module:Class or path/to/file.py:Class (env SHOAL_MODEL_CLASS); several may be "
+        "given as name=module:Class",
+    )
+    add = parser.add_argument
+    add("--model-name", help="name of the single model (SHOAL_MODEL_NAME; default from the class)")
+    add(
+        "--model-uri",
+        help="local path, file://, models:/name/version, models:/name@alias, "
+        "runs:/id/path (SHOAL_MODEL_URI); passed as uri= or served as an MLflow pyfunc",
+    )
+    add(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor kwarg (repeatable; values parsed as JSON when they parse); with several "
+        "models use name.key=value",
+    )
+    add("--config-json", help="constructor kwargs as a JSON object (SHOAL_MODEL_CONFIG)")
+    add("--host", help="bind address (SHOAL_HOST, default 0.0.0.0)")
+    add("--port", type=int, help="bind port (SHOAL_PORT, default 8000; 0 = any free port)")
+    add("--port-file", help="write the bound port to this file once listening")
+    add("--device", help="torch device: auto, cpu, cuda, cuda:N (SHOAL_DEVICE)")
+    add("--max-batch-size", type=int)
+    add("--batch-wait-timeout-s", type=float)
+    add("--max-concurrent-batches", type=int)
+    add("--max-queue-size", type=int)
+    add("--request-timeout-s", type=float)
+    add("--grace-period-s", type=float)
+    add("--max-body-bytes", type=int)
+    add("--log-format", choices=["text", "json"])
+    add("--log-level")
+    add("--termination-log")
+    add("--app-dir")
+
+
+_ENV = {
+    "host": ("SHOAL_HOST", str),
+    "port": ("SHOAL_PORT", int),
+    "device": ("SHOAL_DEVICE", str),
+    "max_batch_size": ("SHOAL_MAX_BATCH_SIZE", int),
+    "batch_wait_timeout_s": ("SHOAL_BATCH_WAIT_TIMEOUT_S", float),
+    "max_concurrent_batches": ("SHOAL_MAX_CONCURRENT_BATCHES", int),
+    "max_queue_size": ("SHOAL_MAX_QUEUE_SIZE", int),
+    "request_timeout_s": ("SHOAL_REQUEST_TIMEOUT_S", float),
+    "grace_period_s": ("SHOAL_GRACE_PERIOD_S", float),
+    "max_body_bytes": ("SHOAL_MAX_BODY_BYTES", int),
+    "log_format": ("SHOAL_LOG_FORMAT", str),
+    "log_level": ("SHOAL_LOG_LEVEL", str),
+    "termination_log": ("SHOAL_TERMINATION_LOG", str),
+    "port_file": ("SHOAL_PORT_FILE", str),
+    "app_dir": ("SHOAL_APP_DIR", str),
+}
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeSettings:
+    """Flags, then env, then defaults. Raises LoadError (usage problems) with a clear message."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for key, (var, conv) in _ENV.items():
+        flag = getattr(args, key, None)
+        if flag is not None:
+            values[key] = flag
+        elif env.get(var, "") != "":
+            try:
+                values[key] = conv(env[var])
+            except ValueError:
+                raise LoadError(f"{var}={env[var]!r} is not a valid {conv.__name__}") from None
+    values["models"] = _model_specs(args, env)
+    return ServeSettings(**values)
+
+
+def _model_specs(args: argparse.Namespace, env: Mapping[str, str]) -> list[ModelSpec]:
+    entries = [split_named(s) for s in (args.models or [])]
+    if not entries and env.get("SHOAL_MODEL_CLASS"):
+        entries = [split_named(s) for s in env["SHOAL_MODEL_CLASS"].split()]
+    uri = args.model_uri or env.get("SHOAL_MODEL_URI") or None
+    if not entries:
+        if uri and is_mlflow_uri(uri):
+            entries = [(None, MLFLOW_TARGET)]
+        else:
+            raise LoadError(
+                "no model given: pass module:Class (or set SHOAL_MODEL_CLASS), or an MLflow "
+                "--model-uri; `shoal demo` serves the embedded default model"
+            )
+    config_json = args.config_json or env.get("SHOAL_MODEL_CONFIG") or None
+    config = (
+        parse_config_json(config_json, "--config-json/SHOAL_MODEL_CONFIG") if config_json else {}
+    )
+    config.update(parse_config_pairs(args.config or []))
+    single = len(entries) == 1
+    if not single and uri:
+        raise LoadError("--model-uri needs a single model; serve several models without one")
+    specs: list[ModelSpec] = []
+    names: set[str] = set()
+    for name, target in entries:
+        if name is None:
+            name = (args.model_name or env.get("SHOAL_MODEL_NAME") or "") if single else ""
+            name = name or ("model" if target == MLFLOW_TARGET else default_name(target))
+        if name in names:
+            raise LoadError(f"two models are named {name!r}; use name=module:Class")
+        names.add(name)
+        if single:
+            cfg = config
+        else:
+            cfg = {k.partition(".")[2]: v for k, v in config.items() if k.partition(".")[0] == name}
+        specs.append(ModelSpec(name=name, target=target, config=cfg, uri=uri if single else None))
+    if not single:
+        stray = [k for k in config if k.partition(".")[0] not in names or "." not in k]
+        if stray:
+            raise LoadError(f"with several models, config keys must be model.key; got {stray}")
+    return specs
