@@ -1,0 +1,136 @@
+"""`shoal gateway`: route model requests to replicas."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+
+from shoal.runtime.gateway.settings import (
+    GatewaySettings,
+    HttpSettings,
+    KubernetesSettings,
+    RetrySettings,
+    StaticUpstream,
+    UpstreamSettings,
+)
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = GatewaySettings()
+    parser.add_argument("--host", default=d.host)
+    parser.add_argument("--port", type=int, default=d.port)
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="a replica of model NAME at http://host:port (repeat for more replicas/models)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a model with no replica yet: its requests are held (scale from zero)",
+    )
+    parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="discover replicas from EndpointSlices (Service name = model name)",
+    )
+    parser.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster credentials)")
+    parser.add_argument("--namespace", help="namespace to watch (default: the pod's own)")
+    parser.add_argument("--label-selector", default="", help="only Services with these labels")
+    parser.add_argument("--tokens-file", help="bearer tokens: YAML/JSON token -> [models] or '*'")
+    parser.add_argument("--tokens-secret", help="Kubernetes Secret whose 'tokens' key holds them")
+    parser.add_argument(
+        "--auth-health", action="store_true", help="require a token for health and metrics too"
+    )
+    parser.add_argument("--default-timeout-ms", type=int, default=d.default_timeout_ms)
+    parser.add_argument("--max-held-per-model", type=int, default=d.max_held_per_model)
+    parser.add_argument("--max-body-bytes", type=int, default=d.http.max_body_bytes)
+    parser.add_argument(
+        "--max-connections-per-replica", type=int, default=d.upstream.max_connections
+    )
+    parser.add_argument("--max-attempts", type=int, default=d.retry.max_attempts)
+    parser.add_argument(
+        "--request-read-timeout-s", type=float, default=d.http.request_read_timeout_s
+    )
+    parser.add_argument("--log-level", default="INFO")
+
+
+def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
+    urls: dict[str, list[str]] = {}
+    for item in args.upstream:
+        name, sep, url = item.partition("=")
+        if not sep or not name or not url:
+            raise SystemExit(f"--upstream {item!r}: expected NAME=http://host:port")
+        urls.setdefault(name, []).append(url)
+    for name in args.model:
+        urls.setdefault(name, [])
+    static = tuple(StaticUpstream(name, tuple(u)) for name, u in urls.items())
+    kube = None
+    if args.kubernetes or args.tokens_secret:
+        kube = KubernetesSettings(
+            endpoint_slices=args.kubernetes,
+            namespace=args.namespace,
+            kubeconfig=args.kubeconfig,
+            label_selector=args.label_selector,
+            tokens_secret=args.tokens_secret,
+        )
+    d = GatewaySettings()
+    return GatewaySettings(
+        host=args.host,
+        port=args.port,
+        static=static,
+        kubernetes=kube,
+        default_timeout_ms=args.default_timeout_ms,
+        max_held_per_model=args.max_held_per_model,
+        tokens_file=args.tokens_file,
+        auth_health=args.auth_health,
+        upstream=UpstreamSettings(
+            max_connections=args.max_connections_per_replica,
+            max_idle=d.upstream.max_idle,
+            connect_timeout_s=d.upstream.connect_timeout_s,
+        ),
+        retry=RetrySettings(max_attempts=args.max_attempts),
+        http=HttpSettings(
+            max_body_bytes=args.max_body_bytes,
+            request_read_timeout_s=args.request_read_timeout_s,
+        ),
+    )
+
+
+async def _serve(settings: GatewaySettings) -> None:
+    from shoal.runtime.gateway.app import GatewayApp
+
+    app = GatewayApp(settings)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("gateway stopping")
+    await app.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+    settings = settings_from_args(args)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        asyncio.run(_serve(settings))
+    else:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(_serve(settings))
+    return 0

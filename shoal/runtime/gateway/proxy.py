@@ -1,0 +1,344 @@
+"""The request path: route, authorize, choose a replica, forward, retry, hold at zero.
+
+Deadlines: a request carries `x-shoal-timeout-ms` (relative) or gets the default; the replica
+receives the REMAINING budget in the same header, so its queue time counts against it.
+Retries: on another replica, only before any response byte reached the client (the body is
+always fully buffered), within the deadline, `max_attempts` and the model's retry budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from collections.abc import Callable
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shoal.runtime.gateway.auth import Authenticator
+from shoal.runtime.gateway.balancer import pick
+from shoal.runtime.gateway.hold import HoldFull
+from shoal.runtime.gateway.httpserver import JSON_HEADER, HttpConnection, Request, json_body
+from shoal.runtime.gateway.metrics import GatewayMetrics
+from shoal.runtime.gateway.registry import Model, Registry, Replica
+from shoal.runtime.gateway.routing import RouteKind, route
+from shoal.runtime.gateway.settings import GatewaySettings
+from shoal.runtime.gateway.upstream import (
+    HOP_BY_HOP,
+    BrokenResponse,
+    ConnectError,
+    ResetBeforeResponse,
+    UpstreamConnection,
+    UpstreamError,
+)
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_HEADER = b"x-shoal-timeout-ms"
+_MODEL_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
+_SELF_METHODS = frozenset({b"GET", b"HEAD"})
+# Request headers the gateway does not forward as-is (it sets its own framing, host, deadline).
+_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"expect", TIMEOUT_HEADER}
+
+
+class _Outcome(enum.Enum):
+    DONE = "done"
+    CONNECT = "connect"
+    RESET = "reset"
+    DRAINING = "draining"
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        registry: Registry,
+        metrics: GatewayMetrics,
+        auth: Authenticator | None = None,
+        clock: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = metrics
+        self.auth = auth
+        self._clock = clock or asyncio.get_running_loop().time
+        self._rng = rng or random.Random()
+        self._retry_after = b"retry-after: %d\r\n" % settings.retry_after_s
+
+    # -- entry point --------------------------------------------------------------------------
+
+    async def handle(self, req: Request, conn: HttpConnection) -> None:
+        r = route(req.path)
+        if r.kind is RouteKind.MODEL:
+            await self._model_request(req, conn, r.model)
+            return
+        if r.kind is RouteKind.NOT_FOUND:
+            self._error(
+                conn, 404, f"no route for {req.path}", known_models=self._visible_models(req)
+            )
+            return
+        if req.method not in _SELF_METHODS:
+            self._error(conn, 405, f"method {req.method.decode()} not allowed on {req.path}")
+            return
+        if self.auth is not None and (self.auth.protect_health or r.kind is RouteKind.LIST_MODELS):
+            denial = self.auth.check(_header(req, b"authorization"), None)
+            if denial is not None:
+                self._deny(conn, denial.status, denial.message)
+                return
+        if r.kind is RouteKind.LIVE:
+            conn.write_full(200, JSON_HEADER, b'{"live":true}')
+        elif r.kind is RouteKind.READY:
+            if self.registry.synced:
+                conn.write_full(200, JSON_HEADER, b'{"ready":true}')
+            else:
+                conn.write_full(503, JSON_HEADER + self._retry_after, b'{"ready":false}')
+        elif r.kind is RouteKind.METRICS:
+            body = generate_latest(self.metrics.prometheus)
+            conn.write_full(200, b"content-type: " + CONTENT_TYPE_LATEST.encode() + b"\r\n", body)
+        elif r.kind is RouteKind.SERVER_METADATA:
+            conn.write_full(
+                200, JSON_HEADER, b'{"name":"shoal-gateway","version":"1","extensions":[]}'
+            )
+        else:  # RouteKind.LIST_MODELS
+            models = self._visible_models(req)
+            conn.write_full(200, JSON_HEADER, orjson.dumps({"models": models}))
+
+    # -- model requests -----------------------------------------------------------------------
+
+    async def _model_request(self, req: Request, conn: HttpConnection, name: str) -> None:
+        if req.method not in _MODEL_METHODS:
+            self._error(conn, 405, f"method {req.method.decode()} not allowed")
+            return
+        # One pass over the headers: pick out ours, encode the rest for the replica.
+        timeout_raw: bytes | None = None
+        authorization: bytes | None = None
+        forwarded = bytearray()
+        for hname, value in req.headers:
+            if hname in _NOT_FORWARDED:
+                if hname == TIMEOUT_HEADER:
+                    timeout_raw = value
+                continue
+            if hname == b"authorization":
+                authorization = value
+            forwarded += hname + b": " + value + b"\r\n"
+        if self.auth is not None:
+            denial = self.auth.check(authorization, name)
+            if denial is not None:
+                self._deny(conn, denial.status, denial.message)
+                return
+        model = self.registry.models.get(name)
+        if model is None:
+            self._error(
+                conn, 404, f"unknown model {name!r}", known_models=self._visible_models(req)
+            )
+            return
+        if timeout_raw is None:
+            timeout_ms = self.settings.default_timeout_ms
+        else:
+            try:
+                timeout_ms = int(timeout_raw)
+            except ValueError:
+                timeout_ms = 0
+            if not 0 < timeout_ms <= self.settings.max_timeout_ms:
+                self._error(
+                    conn,
+                    400,
+                    f"x-shoal-timeout-ms must be an integer in 1..{self.settings.max_timeout_ms}",
+                )
+                return
+        target = req.path.encode("latin-1")
+        if req.query:
+            target += b"?" + req.query
+        prefix = b"%b %b HTTP/1.1\r\n%b" % (req.method, target, bytes(forwarded))
+        suffix = b"content-length: %d\r\n" % len(req.body) if req.body else b""
+        try:
+            await self._forward(
+                req, conn, model, prefix, suffix, req.received_at + timeout_ms / 1e3
+            )
+        finally:
+            self.metrics.observe(name, conn.status, self._clock() - req.received_at)
+
+    async def _forward(
+        self,
+        req: Request,
+        conn: HttpConnection,
+        model: Model,
+        prefix: bytes,
+        suffix: bytes,
+        deadline: float,
+    ) -> None:
+        model.budget.record_request()
+        tried: list[Replica] = []
+        attempts = 0
+        last_failure: _Outcome | None = None
+        draining_response: tuple[int, bytes, bytes] | None = None
+        while True:
+            now = self._clock()
+            replica = pick(model.replicas, self._rng, now, tried)
+            if replica is None:
+                # Hold when the model has no replica at all (scale from zero) or its last one
+                # is draining (a rolling update: a new one is on its way). Not after refused
+                # connections: nothing says another replica is coming.
+                may_hold = not tried or last_failure is _Outcome.DRAINING
+                if not (may_hold and model.holdable and model.hold.limit > 0):
+                    break
+                try:
+                    released = await model.hold.wait(deadline - now)
+                except HoldFull:
+                    self._error(
+                        conn,
+                        503,
+                        f"model {model.name!r} has no ready replica and "
+                        f"{model.hold.limit} requests are already waiting for one",
+                        retry_after=True,
+                    )
+                    return
+                if not released:
+                    self._error(
+                        conn,
+                        504,
+                        f"deadline passed while waiting for a ready replica of {model.name!r}",
+                    )
+                    return
+                continue
+            attempts += 1
+            outcome = await self._attempt(req, conn, replica, prefix, suffix, deadline)
+            if isinstance(outcome, tuple):
+                draining_response = outcome
+                last_failure = _Outcome.DRAINING
+            elif outcome is _Outcome.DONE:
+                return
+            else:
+                last_failure = outcome
+            tried.append(replica)
+            if (
+                attempts >= self.settings.retry.max_attempts
+                or self._clock() >= deadline
+                or not model.budget.try_spend()
+            ):
+                break
+            self.metrics.retried(model.name, last_failure.value)
+        # Out of options: report the last failure.
+        if draining_response is not None and last_failure is _Outcome.DRAINING:
+            status, headers, body = draining_response
+            conn.write_full(status, headers, body)
+        elif last_failure is None:
+            self._error(conn, 503, f"model {model.name!r} has no ready replica", retry_after=True)
+        else:
+            why = "refused the connection" if last_failure is _Outcome.CONNECT else "reset it"
+            self._error(conn, 502, f"replica of {model.name!r} {why}", retry_after=True)
+
+    async def _attempt(
+        self,
+        req: Request,
+        conn: HttpConnection,
+        replica: Replica,
+        prefix: bytes,
+        suffix: bytes,
+        deadline: float,
+    ) -> _Outcome | tuple[int, bytes, bytes]:
+        """One try on one replica. DONE when a response (or a final error) went to the client."""
+        replica.outstanding += 1
+        up: UpstreamConnection | None = None
+        try:
+            try:
+                async with asyncio.timeout(deadline - self._clock()):
+                    up = await replica.pool.acquire()
+                    remaining_ms = max(1, int((deadline - self._clock()) * 1000))
+                    up.send(
+                        b"%bhost: %b\r\n%bx-shoal-timeout-ms: %d\r\n\r\n%b"
+                        % (prefix, replica.pool.host_header, suffix, remaining_ms, req.body),
+                        req.method == b"HEAD",
+                    )
+                    await up.wait_head()
+            except TimeoutError:
+                if up is not None:
+                    up.abort()
+                self._error(conn, 504, "deadline passed before the replica answered")
+                return _Outcome.DONE
+            except ConnectError as exc:
+                replica.eject(self._clock(), self.settings.retry.eject_s)
+                log.warning("%s", exc)
+                return _Outcome.CONNECT
+            except ResetBeforeResponse:
+                assert up is not None
+                up.abort()
+                return _Outcome.RESET
+            except BrokenResponse as exc:
+                assert up is not None
+                up.abort()
+                self._error(conn, 502, f"bad response from replica: {exc}")
+                return _Outcome.DONE
+            except BaseException:
+                if up is not None:
+                    up.abort()
+                raise
+            replica.succeeded()
+            if up.draining and up.status == 503:
+                replica.mark_draining(self._clock(), self.settings.retry.drain_eject_s)
+                if up.complete:
+                    body = up.take_body()
+                    up.finish()
+                else:
+                    body = b""
+                    up.abort()
+                return (up.status, bytes(up.header_block), body)
+            await self._relay(conn, up)
+            return _Outcome.DONE
+        finally:
+            replica.outstanding -= 1
+
+    async def _relay(self, conn: HttpConnection, up: UpstreamConnection) -> None:
+        if up.complete:
+            conn.write_full(up.status, up.header_block, up.take_body(), up.content_length or 0)
+            up.finish()
+            return
+        conn.start_stream(up.status, up.header_block, up.content_length)
+        try:
+            while (chunk := await up.next_chunk()) is not None:
+                await conn.write_chunk(chunk)
+        except UpstreamError:
+            up.abort()
+            conn.abort()
+            return
+        except BaseException:
+            up.abort()
+            raise
+        up.finish()
+        conn.end_stream()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _visible_models(self, req: Request) -> list[str]:
+        names = sorted(self.registry.models)
+        if self.auth is None:
+            return names
+        authz = _header(req, b"authorization")
+        return [n for n in names if self.auth.allows(authz, n)]
+
+    def _error(
+        self,
+        conn: HttpConnection,
+        status: int,
+        message: str,
+        retry_after: bool = False,
+        **extra: object,
+    ) -> None:
+        headers = JSON_HEADER + self._retry_after if retry_after else JSON_HEADER
+        conn.write_full(status, headers, json_body(status, message, **extra))
+
+    def _deny(self, conn: HttpConnection, status: int, message: str) -> None:
+        headers = JSON_HEADER
+        if status == 401:
+            headers += b'www-authenticate: Bearer realm="shoal"\r\n'
+        conn.write_full(status, headers, json_body(status, message))
+
+
+def _header(req: Request, name: bytes) -> bytes | None:
+    for hname, value in req.headers:
+        if hname == name:
+            return value
+    return None

@@ -1,0 +1,99 @@
+"""Gateway settings: one typed tree, built in `cli.run` from flags (never at import time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class StaticUpstream:
+    """A model served by fixed replica URLs (`--upstream name=url`), or none (`--model name`)."""
+
+    model: str
+    urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesSettings:
+    """EndpointSlice discovery: each Service in `namespace` is a model of the same name."""
+
+    endpoint_slices: bool = True
+    """Discover replicas from EndpointSlices (False: only the tokens Secret is read)."""
+    namespace: str | None = None
+    """Namespace to watch; None: the pod's own namespace (in-cluster) or the kubeconfig's."""
+    kubeconfig: str | None = None
+    """Path to a kubeconfig; None: in-cluster service account credentials."""
+    label_selector: str = ""
+    """Only EndpointSlices matching this selector (Services' labels are copied onto them)."""
+    port_name: str = "http"
+    """The EndpointSlice port that carries HTTP; a slice with one unnamed port uses that one."""
+    tokens_secret: str | None = None
+    """A Secret whose `tokens` key (YAML/JSON) holds the bearer tokens; watched for changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """Connections from the gateway to one replica."""
+
+    max_connections: int = 256
+    """Open connections per replica at most; more requests wait for a free one."""
+    max_idle: int = 64
+    """Idle keep-alive connections kept per replica."""
+    connect_timeout_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """Retries on another replica (connection failure, reset before any response byte, or a 503
+    carrying `x-shoal-draining: 1`)."""
+
+    max_attempts: int = 3
+    """Tries per request, the first included."""
+    budget_ratio: float = 0.2
+    """Retry tokens earned per request: retries stay under this share of traffic."""
+    budget_min_per_s: float = 10.0
+    """Retry tokens earned per second regardless of traffic (so a quiet model can still retry)."""
+    budget_max_tokens: float = 100.0
+    """Cap on saved-up retry tokens (the largest burst of retries)."""
+    eject_s: float = 1.0
+    """A replica that refused a connection is skipped this long (doubling while it fails)."""
+    drain_eject_s: float = 30.0
+    """A replica that answered 'draining' is skipped this long (discovery removes it meanwhile)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """Limits on what clients may send."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_url_bytes: int = 8 * 1024
+    request_read_timeout_s: float = 30.0
+    """A request (head and body) must arrive within this time of its first byte; else 408."""
+    keepalive_timeout_s: float = 75.0
+    """An idle client connection is closed after this long."""
+    max_pipelined: int = 16
+    """Pipelined requests queued on one connection before the gateway stops reading from it."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    static: tuple[StaticUpstream, ...] = ()
+    kubernetes: KubernetesSettings | None = None
+    default_timeout_ms: int = 30_000
+    """Deadline of a request without `x-shoal-timeout-ms`."""
+    max_timeout_ms: int = 600_000
+    """Longest deadline a client may ask for."""
+    max_held_per_model: int = 1000
+    """Requests held per model while it has no ready replica; beyond: 503 + Retry-After.
+    0 disables holding (a model without replicas answers 503 at once)."""
+    retry_after_s: int = 1
+    tokens_file: str | None = None
+    auth_health: bool = False
+    """Require a token for /v2/health/* and /metrics too."""
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    http: HttpSettings = field(default_factory=HttpSettings)

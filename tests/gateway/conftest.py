@@ -1,0 +1,194 @@
+"""Gateway test fixtures: small real upstream servers (uvicorn on loopback ports) whose behaviour
+each test steers, and a real gateway listening on loopback in the same event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+
+from shoal.runtime.gateway.app import GatewayApp
+from shoal.runtime.gateway.settings import GatewaySettings, StaticUpstream
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def wait_until(cond: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+    """Wait for a condition with a named deadline (polling; never used as a fixed sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or cond}")
+        await asyncio.sleep(0.01)
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeReplica:
+    """An upstream replica. Answers JSON naming itself; `mode` steers what it does."""
+
+    ident: str
+    mode: str = "ok"
+    """ok | draining | slow (waits for `gate`) | stream (chunks from `chunks`)"""
+    seen: list[Seen] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    port: int = 0
+    server: uvicorn.Server | None = None
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        self.seen.append(
+            Seen(
+                scope["method"],
+                scope["path"],
+                scope["query_string"].decode(),
+                {k.decode(): v.decode() for k, v in scope["headers"]},
+                body,
+            )
+        )
+        if self.mode == "draining":
+            await _send_json(
+                send,
+                503,
+                {"error": "replica is draining"},
+                [(b"retry-after", b"1"), (b"x-shoal-draining", b"1")],
+            )
+            return
+        if self.mode == "slow":
+            await self.gate.wait()
+        if self.mode == "stream":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")],
+                }
+            )
+            while (chunk := await self.chunks.get()) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await _send_json(
+            send,
+            200,
+            {
+                "replica": self.ident,
+                "path": scope["path"],
+                "timeout_ms": dict(scope["headers"]).get(b"x-shoal-timeout-ms", b"").decode(),
+                "body": body.decode(),
+            },
+            [(b"x-replica", self.ident.encode())],
+        )
+
+    async def start(self) -> None:
+        config = uvicorn.Config(
+            self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.create_task(self.server.serve())
+        server = self.server
+        await wait_until(lambda: server.started, what=f"replica {self.ident} to listen")
+        self.port = server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None and self.task is not None:
+            self.gate.set()
+            self.chunks.put_nowait(None)
+            self.server.should_exit = True
+            await self.task
+
+
+async def _send_json(
+    send: Send, status: int, obj: object, headers: list[tuple[bytes, bytes]]
+) -> None:
+    body = orjson.dumps(obj)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[Callable[[str], Awaitable[FakeReplica]]]:
+    started: list[FakeReplica] = []
+
+    async def make(ident: str) -> FakeReplica:
+        rep = FakeReplica(ident)
+        await rep.start()
+        started.append(rep)
+        return rep
+
+    yield make
+    for rep in started:
+        await rep.stop()
+
+
+@dataclass
+class RunningGateway:
+    app: GatewayApp
+    client: httpx.AsyncClient
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.app.port}"
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+    """`await gateway(upstreams={"m": [url, ...]}, **settings)` starts a gateway on loopback."""
+    running: list[RunningGateway] = []
+
+    async def make(
+        upstreams: dict[str, list[str]] | None = None,
+        seed: int = 7,
+        **overrides: Any,
+    ) -> RunningGateway:
+        static = tuple(StaticUpstream(m, tuple(u)) for m, u in (upstreams or {}).items())
+        settings = replace(GatewaySettings(host="127.0.0.1", port=0, static=static), **overrides)
+        app = GatewayApp(settings, rng=random.Random(seed))
+        await app.start()
+        client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.port}", timeout=10.0)
+        gw = RunningGateway(app, client)
+        running.append(gw)
+        await wait_until(lambda: app.registry.synced, what="static discovery")
+        return gw
+
+    yield make
+    for gw in running:
+        await gw.client.aclose()
+        await gw.app.stop(grace_s=1.0)

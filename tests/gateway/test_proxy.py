@@ -1,0 +1,192 @@
+"""The gateway's data path over real loopback HTTP: routing, deadlines, P2C spread, retries,
+draining, streaming, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import Counter
+
+import orjson
+
+from shoal import metric_names
+from tests.gateway.conftest import wait_until
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_routes_v1_v2_and_custom_paths_to_the_named_model(replicas, gateway) -> None:
+    a = await replicas("a")
+    b = await replicas("b")
+    gw = await gateway({"alpha": [a.url], "beta": [b.url]})
+    cases = [
+        ("POST", "/v1/models/alpha:predict", "a"),
+        ("GET", "/v1/models/beta", "b"),
+        ("POST", "/v2/models/beta/infer", "b"),
+        ("GET", "/v2/models/alpha/ready", "a"),
+        ("POST", "/v2/models/alpha/versions/3/infer", "a"),
+        ("GET", "/beta/custom/route?x=1", "b"),
+        ("POST", "/alpha", "a"),
+    ]
+    for method, path, replica in cases:
+        resp = await gw.client.request(method, path, content=b'{"instances":[1]}')
+        assert resp.status_code == 200, (path, resp.text)
+        assert resp.json()["replica"] == replica, path
+        assert resp.json()["path"] == path.split("?")[0]
+    assert b.seen[-1].query == "x=1"
+    assert a.seen[-1].body == b'{"instances":[1]}'
+
+
+async def test_unknown_model_is_404_listing_known_models(replicas, gateway) -> None:
+    a = await replicas("a")
+    gw = await gateway({"alpha": [a.url], "zeta": []})
+    for path in ("/v1/models/nope:predict", "/v2/models/nope/infer", "/nope/x", "/v2/other"):
+        resp = await gw.client.post(path)
+        assert resp.status_code == 404, path
+        body = resp.json()
+        assert body["known_models"] == ["alpha", "zeta"], path
+    assert a.seen == []
+
+
+async def test_gateway_endpoints(replicas, gateway) -> None:
+    a = await replicas("a")
+    gw = await gateway({"alpha": [a.url]})
+    assert (await gw.client.get("/v2/health/live")).status_code == 200
+    assert (await gw.client.get("/v2/health/ready")).json() == {"ready": True}
+    assert (await gw.client.get("/v1/models")).json() == {"models": ["alpha"]}
+    assert (await gw.client.get("/v2")).json()["name"] == "shoal-gateway"
+    assert (await gw.client.post("/v2/health/live")).status_code == 405
+    await gw.client.post("/v1/models/alpha:predict", content=b"{}")
+    text = (await gw.client.get("/metrics")).text
+    assert f'{metric_names.GATEWAY_REQUESTS_TOTAL}{{code="200",model="alpha"}} 1.0' in text
+    assert f"{metric_names.GATEWAY_REQUEST_DURATION_SECONDS}_bucket" in text
+    assert f'{metric_names.GATEWAY_HELD_REQUESTS}{{model="alpha"}} 0.0' in text
+    assert (
+        f'{metric_names.GATEWAY_OUTSTANDING_REQUESTS}{{model="alpha",replica="127.0.0.1:{a.port}"}}'
+        in text
+    )
+    assert a.seen and all(s.path.startswith("/v1/") for s in a.seen)
+
+
+async def test_deadline_is_propagated_as_remaining_budget(replicas, gateway) -> None:
+    a = await replicas("a")
+    gw = await gateway({"alpha": [a.url]}, default_timeout_ms=5000)
+    resp = await gw.client.post("/v1/models/alpha:predict", headers={"x-shoal-timeout-ms": "800"})
+    remaining = int(resp.json()["timeout_ms"])
+    assert 0 < remaining <= 800
+    resp = await gw.client.post("/v1/models/alpha:predict")
+    assert 4000 < int(resp.json()["timeout_ms"]) <= 5000
+    for bad in ("abc", "0", "-5", "99999999999"):
+        resp = await gw.client.post("/v1/models/alpha:predict", headers={"x-shoal-timeout-ms": bad})
+        assert resp.status_code == 400, bad
+        assert "x-shoal-timeout-ms" in resp.json()["error"]
+
+
+async def test_deadline_expiry_is_504_and_other_requests_continue(replicas, gateway) -> None:
+    slow = await replicas("slow")
+    slow.mode = "slow"
+    fast = await replicas("fast")
+    gw = await gateway({"slow": [slow.url], "fast": [fast.url]})
+    resp = await gw.client.post("/v1/models/slow:predict", headers={"x-shoal-timeout-ms": "200"})
+    assert resp.status_code == 504
+    assert "deadline" in resp.json()["error"]
+    assert (await gw.client.post("/v1/models/fast:predict")).status_code == 200
+
+
+async def test_p2c_spreads_load_over_replicas(replicas, gateway) -> None:
+    reps = [await replicas(f"r{i}") for i in range(3)]
+    gw = await gateway({"m": [r.url for r in reps]})
+    results = await asyncio.gather(
+        *(gw.client.post("/v1/models/m:predict", content=b"1") for _ in range(90))
+    )
+    counts = Counter(r.json()["replica"] for r in results)
+    assert set(counts) == {"r0", "r1", "r2"}
+    assert min(counts.values()) >= 10, counts
+
+
+async def test_connection_refused_is_retried_on_another_replica(replicas, gateway) -> None:
+    live = await replicas("live")
+    dead = f"http://127.0.0.1:{_free_port()}"
+    gw = await gateway({"m": [dead, live.url]})
+    results = [await gw.client.post("/v1/models/m:predict") for _ in range(10)]
+    assert [r.status_code for r in results] == [200] * 10
+    text = (await gw.client.get("/metrics")).text
+    assert f'{metric_names.GATEWAY_RETRIES_TOTAL}{{model="m",reason="connect"}} 1.0' in text, (
+        "the refusing replica is ejected after its first failure"
+    )
+
+
+async def test_all_replicas_refusing_is_502(gateway) -> None:
+    gw = await gateway({"m": [f"http://127.0.0.1:{_free_port()}"]})
+    resp = await gw.client.post("/v1/models/m:predict")
+    assert resp.status_code == 502
+    assert "refused" in resp.json()["error"]
+    assert resp.headers["retry-after"] == "1"
+
+
+async def test_draining_replica_is_retried_elsewhere_and_gets_no_new_requests(
+    replicas, gateway
+) -> None:
+    draining = await replicas("draining")
+    draining.mode = "draining"
+    ok = await replicas("ok")
+    gw = await gateway({"m": [draining.url, ok.url]})
+    results = [await gw.client.post("/v1/models/m:predict") for _ in range(20)]
+    assert all(r.status_code == 200 and r.json()["replica"] == "ok" for r in results)
+    assert len(draining.seen) == 1, "after one 'draining' answer the replica gets nothing new"
+
+
+async def test_lone_draining_replica_passes_its_503_through(replicas, gateway) -> None:
+    draining = await replicas("draining")
+    draining.mode = "draining"
+    gw = await gateway({"m": [draining.url]}, max_held_per_model=0)
+    resp = await gw.client.post("/v1/models/m:predict")
+    assert resp.status_code == 503
+    assert resp.headers["x-shoal-draining"] == "1"
+    assert resp.headers["retry-after"] == "1"
+
+
+async def test_streaming_response_is_not_buffered(replicas, gateway) -> None:
+    rep = await replicas("s")
+    rep.mode = "stream"
+    gw = await gateway({"s": [rep.url]})
+    async with gw.client.stream("POST", "/s/generate") as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"] == "text/event-stream"
+        it = resp.aiter_raw()
+        for i in range(3):
+            event = f"data: {i}\n\n".encode()
+            rep.chunks.put_nowait(event)
+            # The chunk arrives while the replica's response is still open.
+            got = await asyncio.wait_for(it.__anext__(), 5)
+            assert got == event
+        rep.chunks.put_nowait(None)
+        rest = [c async for c in it]
+        assert b"".join(rest) == b""
+
+
+async def test_large_bodies_pass_both_ways(replicas, gateway) -> None:
+    rep = await replicas("a")
+    gw = await gateway({"m": [rep.url]})
+    payload = orjson.dumps({"instances": ["x" * 1000] * 2000})
+    resp = await gw.client.post("/v1/models/m:predict", content=payload)
+    assert resp.status_code == 200
+    assert resp.json()["body"] == payload.decode()
+
+
+async def test_client_going_away_cancels_its_upstream_request(replicas, gateway) -> None:
+    slow = await replicas("slow")
+    slow.mode = "slow"
+    gw = await gateway({"m": [slow.url]})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.app.port)
+    writer.write(b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+    await writer.drain()
+    model = gw.app.registry.models["m"]
+    await wait_until(lambda: model.replicas[0].outstanding == 1, what="request in flight")
+    writer.close()
+    await wait_until(lambda: model.replicas[0].outstanding == 0, what="request cancelled")
