@@ -1,0 +1,113 @@
+"""Server processes under test: start in their own process group, wait until they answer a real
+request, stop the whole group (Ray starts helpers of its own) when done."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    argv: list[str]
+    port: int
+    probe_path: str  # a POST that must answer 200 before the server counts as up
+    probe_body: bytes
+    env: dict[str, str] = field(default_factory=dict)
+    start_timeout_s: float = 90.0
+
+
+def post(url: str, body: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read()
+
+
+def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read()
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, log_dir: Path, cwd: Path) -> Iterator[str]:
+    """Start the server, yield its base URL once a real request succeeds, then stop it."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{spec.name}.log"
+    base = f"http://127.0.0.1:{spec.port}"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            spec.argv,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **spec.env},
+            start_new_session=True,
+        )
+        try:
+            _wait_ready(proc, spec, base, log_path)
+            yield base
+        finally:
+            _stop(proc, spec.name)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], spec: ServerSpec, base: str, log_path: Path) -> None:
+    deadline = time.monotonic() + spec.start_timeout_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{spec.name} exited with {proc.returncode} while starting; see {log_path}:\n"
+                + log_path.read_text(errors="replace")[-3000:]
+            )
+        try:
+            status, body = post(base + spec.probe_path, spec.probe_body, timeout=5.0)
+            if status == 200:
+                return
+            last = f"{status} {body[:200]!r}"
+        except OSError as e:
+            last = repr(e)
+        time.sleep(0.25)  # polling a child process's readiness; not test synchronisation
+    raise RuntimeError(f"{spec.name} not ready after {spec.start_timeout_s}s ({last}); {log_path}")
+
+
+def _stop(proc: subprocess.Popen[bytes], name: str, grace_s: float = 20.0) -> None:
+    pgid = proc.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not stop within %.0fs; killing its process group", name, grace_s)
+    # Whatever the leader left behind in its group (Ray's raylet, workers) goes too.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)

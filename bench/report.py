@@ -1,0 +1,161 @@
+"""The markdown appended to bench/RESULTS.md for one run (from the run's JSON document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_REF_PROTOCOL = "v1"  # every peer speaks a V1-shaped body; ratios compare like with like
+
+
+def _find(
+    rows: list[dict[str, Any]],
+    workload: str,
+    server: str,
+    connections: int,
+    protocol: str | None = _REF_PROTOCOL,
+) -> dict[str, Any] | None:
+    for r in rows:
+        if (
+            r["workload"] == workload
+            and r["server"] == server
+            and r["connections"] == connections
+            and (protocol is None or r["protocol"] == protocol)
+        ):
+            return r
+    return None
+
+
+def _ratio(a: float, ref: dict[str, Any] | None) -> str:
+    if ref is None or not ref["rps"]:
+        return "-"
+    return f"{a / ref['rps']:.1f}x"
+
+
+def _fmt_ms(x: float) -> str:
+    return f"{x:.2f}" if x < 100 else f"{x:.0f}"
+
+
+def _goal(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    rows: list[dict[str, Any]] = doc["results"]
+    conns: int = doc["load"]["connections"]
+    mod: int = doc["moderate_connections"]
+    m = doc["machine"]
+    v = m["versions"]
+    k = doc["knobs"]
+    gen = sorted({r["generator"] for r in rows}) or ["-"]
+    out = [
+        f"\n## {doc['started'].replace('T', ' ').replace('+00:00', ' UTC')}\n",
+        f"Command: `{doc['command']}` (commit {m['commit']})\n",
+        f"Machine: {m['cpus']} CPUs ({m['cpu']}), shared with other work; load average "
+        f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end. "
+        f"Python {v['python']}, torch {v.get('torch')}, Ray {v.get('ray')}, "
+        f"KServe {v.get('kserve')}. {doc.get('notes') or ''}\n",
+        f"Knobs (every server): max_batch_size {k['max_batch_size']}, batch_wait_timeout_s "
+        f"{k['batch_wait_timeout_s']}, torch threads {k['torch_threads']}; {conns} closed-loop "
+        f"connections from {', '.join(gen)} (-t{doc['load']['wrk_threads']}), "
+        f"{doc['load']['warmup_s']:g} s warm-up then {doc['load']['duration_s']:g} s measured "
+        "per row, one server at a time. Mean batch = rows/calls counted inside the model "
+        "(same instrument in every server).\n",
+    ]
+    for wname, wl in doc["workloads"].items():
+        limit = doc["limits"].get(wname, {}).get("rows_per_s", 0.0)
+        ray = _find(rows, wname, "ray-serve", conns)
+        ks = _find(rows, wname, "kserve", conns)
+        floor = _find(rows, wname, "floor", conns)
+        out.append(f"\n### {wname}: {wl['what']}; model-bound limit {limit:,.0f} rows/s\n\n")
+        out.append(
+            "| server | protocol | req/s | p50 ms | p99 ms | errors | mean batch "
+            "| vs Ray Serve | vs KServe | vs floor | % of limit |\n"
+        )
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+        for r in rows:
+            if r["workload"] != wname or r["connections"] != conns:
+                continue
+            pct = f"{100 * r['rps'] / limit:.0f}%" if limit else "-"
+            out.append(
+                f"| {r['server']} | {r['protocol'].upper()} | {r['rps']:,.0f} "
+                f"| {_fmt_ms(r['p50_ms'])} | {_fmt_ms(r['p99_ms'])} | {r['errors']} "
+                f"| {r['mean_batch']:.1f} | {_ratio(r['rps'], ray)} | {_ratio(r['rps'], ks)} "
+                f"| {_ratio(r['rps'], floor)} | {pct} |\n"
+            )
+    gw_lines = []
+    for wname in doc["workloads"]:
+        for c in (conns, mod):
+            for proto in ("v2", "v1"):
+                d = _find(rows, wname, "shoal", c, proto)
+                g = _find(rows, wname, "shoal-gateway", c, proto)
+                if d is None or g is None:
+                    continue
+                gw_lines.append(
+                    f"| {wname} | {proto.upper()} | {c} | {d['rps']:,.0f} | {g['rps']:,.0f} "
+                    f"| {_fmt_ms(d['p50_ms'])} | {_fmt_ms(g['p50_ms'])} "
+                    f"| {g['p50_ms'] - d['p50_ms']:+.2f} | {_fmt_ms(d['p99_ms'])} "
+                    f"| {_fmt_ms(g['p99_ms'])} | {g['p99_ms'] - d['p99_ms']:+.2f} |\n"
+                )
+    if gw_lines:
+        out.append("\n### Gateway: the same replica direct vs through `shoal gateway`\n\n")
+        out.append(
+            "| workload | protocol | clients | direct req/s | gateway req/s | direct p50 "
+            "| gateway p50 | added p50 ms | direct p99 | gateway p99 | added p99 ms |\n"
+        )
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+        out.extend(gw_lines)
+    out.extend(_goals(doc, rows, conns, mod))
+    if doc["failures"]:
+        out.append("\nFailures:\n")
+        for f in doc["failures"]:
+            first = f["error"].strip().splitlines()[0] if f["error"].strip() else "?"
+            out.append(f"- {f['workload']} {f['peer']}: {first[:300]}\n")
+    return "".join(out)
+
+
+def _goals(doc: dict[str, Any], rows: list[dict[str, Any]], conns: int, mod: int) -> list[str]:
+    lines: list[str] = []
+    ray = _find(rows, "W1", "ray-serve", conns)
+    ks = _find(rows, "W1", "kserve", conns)
+    for proto in ("v1", "v2"):
+        s = _find(rows, "W1", "shoal", conns, proto)
+        if s is not None and ray is not None:
+            x = s["rps"] / ray["rps"]
+            lines.append(
+                f"- W1 Shoal {proto.upper()} vs Ray Serve: {x:.1f}x (goal >= 50x), "
+                f"p99 {s['p99_ms']:.1f} ms (goal < 20 ms): "
+                f"{_goal(x >= 50 and s['p99_ms'] < 20)}\n"
+            )
+        if s is not None and ks is not None:
+            x = s["rps"] / ks["rps"]
+            lines.append(
+                f"- W1 Shoal {proto.upper()} vs KServe: {x:.1f}x (goal >= 5x): {_goal(x >= 5)}\n"
+            )
+        g = _find(rows, "W1", "shoal-gateway", conns, proto)
+        if g is not None and ray is not None:
+            x = g["rps"] / ray["rps"]
+            lines.append(
+                f"- W1 through the gateway {proto.upper()} vs Ray Serve: {x:.1f}x "
+                f"(goal >= 25x): {_goal(x >= 25)}\n"
+            )
+    limit = doc["limits"].get("W2", {}).get("rows_per_s")
+    for proto in ("v1", "v2"):
+        s = _find(rows, "W2", "shoal", conns, proto)
+        if s is not None and limit:
+            pct = 100 * s["rps"] / limit
+            lines.append(
+                f"- W2 Shoal {proto.upper()}: {pct:.0f}% of the model-bound limit "
+                f"(goal >= 90%): {_goal(pct >= 90)}\n"
+            )
+    d = _find(rows, "W1", "shoal", mod, "v2")
+    g = _find(rows, "W1", "shoal-gateway", mod, "v2")
+    if d is not None and g is not None:
+        a50, a99 = g["p50_ms"] - d["p50_ms"], g["p99_ms"] - d["p99_ms"]
+        lines.append(
+            f"- Gateway added latency at {mod} clients (W1 V2): p50 {a50:+.2f} ms "
+            f"(goal < 1 ms), p99 {a99:+.2f} ms (goal < 3 ms): "
+            f"{_goal(a50 < 1 and a99 < 3)}\n"
+        )
+    if lines:
+        lines.insert(0, "\nGoals (issues 3 and 6):\n")
+    return lines
