@@ -1,0 +1,128 @@
+"""`shoal operator` (also `python -m shoal.operator`): run the ModelService operator.
+
+Settings come from SHOAL_OPERATOR_* environment variables (see settings.from_env), and flags
+override them. Without --standalone the operator joins kopf peering (the KopfPeering or
+ClusterKopfPeering object named by --peering must exist; crds/kopf-peering.yaml): of several
+replicas only the one with the highest priority acts, the others stay paused until it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import random
+import sys
+from typing import Any
+
+from shoal.operator.settings import OperatorSettings, from_env
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        default=None,
+        help="namespace to watch (repeatable); default: SHOAL_OPERATOR_NAMESPACES or all",
+    )
+    parser.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    parser.add_argument("--default-image", help="runtime image for ModelServices without one")
+    parser.add_argument("--mlflow-tracking-uri", help="MLflow registry for models:/name@alias")
+    parser.add_argument("--log-format", choices=["plain", "json"], help="log line format")
+    parser.add_argument(
+        "--liveness", help="liveness endpoint URL, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument("--standalone", action="store_true", help="no peering (one replica)")
+    parser.add_argument("--peering", help="KopfPeering object name shared by the replicas")
+    parser.add_argument("--priority", type=int, help="peering priority (default: random)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def settings_from_args(
+    args: argparse.Namespace, env: dict[str, str] | None = None
+) -> OperatorSettings:
+    s = from_env(env)
+    changes: dict[str, Any] = {}
+    if args.all_namespaces:
+        changes["namespaces"] = ()
+    elif args.namespaces:
+        changes["namespaces"] = tuple(args.namespaces)
+    for attr in ("default_image", "mlflow_tracking_uri", "log_format", "priority"):
+        value = getattr(args, attr, None)
+        if value is not None:
+            changes[attr] = value
+    if args.liveness is not None:
+        changes["liveness_endpoint"] = args.liveness or None
+    if args.peering:
+        changes["peering_name"] = args.peering
+    if args.standalone:
+        changes["standalone"] = True
+    if args.verbose:
+        changes["verbose"] = True
+    return dataclasses.replace(s, **changes)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        obj = getattr(record, "k8s_ref", None)  # kopf's per-object logger adds this
+        if obj:
+            doc["object"] = obj
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def configure_logging(settings: OperatorSettings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if settings.verbose else logging.INFO)
+    if not settings.verbose:
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def run_operator(settings: OperatorSettings) -> None:
+    import kopf
+
+    from shoal.operator.handlers import configure_kopf, register
+
+    registry, _ = register(settings)
+    kopf_settings = kopf.OperatorSettings()
+    configure_kopf(kopf_settings, settings)
+    priority = settings.priority if settings.priority is not None else random.randint(1, 2**30)
+    await kopf.operator(
+        registry=registry,
+        settings=kopf_settings,
+        standalone=settings.standalone,
+        priority=priority,
+        peering_name=settings.peering_name,
+        clusterwide=settings.cluster_wide,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=settings.liveness_endpoint,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    configure_logging(settings)
+    logging.getLogger(__name__).info(
+        "shoal operator: %s, default image %s",
+        "cluster-wide" if settings.cluster_wide else f"namespaces {','.join(settings.namespaces)}",
+        settings.default_image,
+    )
+    asyncio.run(run_operator(settings))
+    return 0

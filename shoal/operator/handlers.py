@@ -1,0 +1,321 @@
+"""The kopf layer: thin handlers over the pure parts.
+
+One reconcile pass (`Reconciler.sync`) does, for one ModelService: parse the spec (invalid ->
+a condition, and `kopf.PermanentError` from spec handlers), resolve a registry alias, server-side
+apply `desired_objects` (a no-op when nothing drifted; repairs edits and deletions otherwise),
+read the pods, compute status, and patch it only when it changed, posting Events on condition
+transitions. Passes run from the spec handlers (create/update/resume) and from a per-object
+daemon that wakes on events of the owned Deployment and Pods, or at the resync interval.
+Status goes through the status subresource, so it never retriggers the spec handlers.
+Deletion is left to Kubernetes' garbage collector (owner references).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from shoal.operator import registry as reg
+from shoal.operator import resources as res
+from shoal.operator import spec as api
+from shoal.operator import status as st
+from shoal.operator.kube import Kube, KubeError
+from shoal.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+Log = logging.Logger | logging.LoggerAdapter[Any]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _ObjectState:
+    """Per-ModelService memory of this operator process (lost on restart, by design: every
+    field here is re-derived by the next pass)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    poke: asyncio.Event = field(default_factory=asyncio.Event)
+    applied_generation: int = 0
+    resolution: reg.Resolution | None = None
+    resolved_for: str | None = None
+    resolved_at: float = float("-inf")
+    resolve_error: str | None = None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        parts.append(f"spec.{loc}: {err['msg']}" if loc else f"spec: {err['msg']}")
+    return "; ".join(parts)
+
+
+class Reconciler:
+    """Owns the API client and per-object state; every handler calls into it."""
+
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.monotonic = monotonic
+        self._kube: Kube | None = None
+        self.states: dict[Key, _ObjectState] = {}
+
+    @property
+    def kube(self) -> Kube:
+        if self._kube is None:
+            raise RuntimeError("the operator has not started (no API client)")
+        return self._kube
+
+    async def start(self) -> None:
+        self._kube = await Kube.connect()
+
+    async def stop(self) -> None:
+        if self._kube is not None:
+            await self._kube.close()
+            self._kube = None
+
+    def state(self, key: Key) -> _ObjectState:
+        return self.states.setdefault(key, _ObjectState())
+
+    def poke(self, key: Key) -> None:
+        state = self.states.get(key)
+        if state is not None:
+            state.poke.set()
+
+    async def _resolve(self, state: _ObjectState, uri: str) -> None:
+        due = (
+            state.resolved_for != uri
+            or self.monotonic() - state.resolved_at >= self.settings.alias_poll_seconds
+        )
+        if not due:
+            return
+        state.resolved_at = self.monotonic()
+        if state.resolved_for != uri:
+            state.resolution, state.resolved_for = None, uri
+        try:
+            state.resolution = await reg.resolve(uri, self.settings.mlflow_tracking_uri)
+            state.resolve_error = None
+        except reg.ResolutionError as exc:
+            state.resolve_error = str(exc)
+
+    async def sync(self, body: Mapping[str, Any], logger: Log | None = None) -> None:
+        """One reconcile pass. Raises kopf.PermanentError for a spec that cannot be served."""
+        logger = logger or log
+        md = body["metadata"]
+        key: Key = (md["namespace"], md["name"])
+        state = self.state(key)
+        async with state.lock:
+            await self._sync_locked(body, state, logger)
+
+    async def _sync_locked(self, body: Mapping[str, Any], state: _ObjectState, logger: Log) -> None:
+        md = body["metadata"]
+        generation = int(md.get("generation") or 0)
+        owner = res.Owner(name=md["name"], namespace=md["namespace"], uid=md["uid"])
+        selector = res.selector_string(owner.name)
+        obs = st.Observation(
+            generation=generation,
+            desired_replicas=0,
+            url=res.service_url(owner, self.settings),
+            selector=selector,
+            deployment=None,
+            pods=[],
+        )
+        try:
+            api.validate_name(owner.name)
+            spec = api.parse_spec(body.get("spec") or {})
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            message = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            await self._write_status(body, replace(obs, blocking=("InvalidSpec", message)), logger)
+            raise kopf.PermanentError(f"invalid spec: {message}") from None
+
+        if generation < state.applied_generation:
+            return  # a stale body: a newer spec was already applied by another pass
+        alias = spec.model.uri if reg.is_alias(spec.model.uri) else None
+        model_uri = spec.model.uri
+        if alias is not None:
+            await self._resolve(state, alias)
+            model_uri = state.resolution.uri if state.resolution else None
+        obs = replace(
+            obs,
+            desired_replicas=spec.desired_replicas(),
+            model_uri=model_uri,
+            model_version=state.resolution.version if alias and state.resolution else None,
+            alias_uri=alias,
+            resolve_error=state.resolve_error if alias else None,
+        )
+        if alias is not None and model_uri is None:
+            await self._write_status(body, obs, logger)
+            return
+
+        deployment: dict[str, Any] | None = None
+        kind = ""
+        try:
+            for obj in res.desired_objects(spec, owner, self.settings, model_uri=model_uri):
+                kind = obj["kind"]
+                applied = await self.kube.apply(obj)
+                if kind == "Deployment":
+                    deployment = applied
+        except KubeError as exc:
+            if not exc.invalid:
+                raise
+            message = f"the API server refused the {kind}: {exc.message}"
+            deployment = await self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
+            blocked = replace(obs, deployment=deployment, blocking=("ApplyFailed", message))
+            await self._write_status(body, blocked, logger)
+            raise kopf.PermanentError(message) from None
+        state.applied_generation = max(state.applied_generation, generation)
+        pods = await self.kube.list("v1", "Pod", owner.namespace, selector)
+        await self._write_status(body, replace(obs, deployment=deployment, pods=pods), logger)
+
+    async def _write_status(
+        self, body: Mapping[str, Any], obs: st.Observation, logger: Log
+    ) -> None:
+        previous = dict(body.get("status") or {})
+        new, transitions = st.compute_status(obs, previous, self.clock())
+        patch = st.status_patch(new, previous)
+        if not patch:
+            return
+        md = body["metadata"]
+        await self.kube.patch_status(md["namespace"], md["name"], patch)
+        logger.debug("status patched: %s", sorted(patch))
+        if not self.settings.post_events:
+            return
+        for t in transitions:
+            if t.type not in (st.READY, st.MODEL_LOAD_FAILED, st.SCHEDULED, st.DEGRADED) and not (
+                t.warning
+            ):
+                continue
+            try:
+                await self.kube.post_event(
+                    body,
+                    type_="Warning" if t.warning else "Normal",
+                    reason=t.reason,
+                    message=f"{t.type}={t.status}: {t.message}"
+                    if t.message
+                    else f"{t.type}={t.status}",
+                    now=self.clock(),
+                )
+            except KubeError as exc:  # Events are best effort; status already says it
+                logger.warning("could not post an Event: %s", exc)
+
+    async def monitor(self, body: Mapping[str, Any], stopped: Any, logger: Log) -> None:
+        """The per-object daemon: a pass on every poke (owned objects changed), else at the
+        resync interval (drift repair, alias polling)."""
+        md = body["metadata"]
+        key: Key = (md["namespace"], md["name"])
+        state = self.state(key)
+        interval = self.settings.resync_seconds
+        if reg.is_alias((body.get("spec") or {}).get("model", {}).get("uri")):
+            interval = min(interval, self.settings.alias_poll_seconds)
+        while not stopped:
+            poked = asyncio.ensure_future(state.poke.wait())
+            halted = asyncio.ensure_future(stopped.wait())
+            try:
+                await asyncio.wait(
+                    {poked, halted}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                poked.cancel()
+                halted.cancel()
+            if stopped:
+                break
+            state.poke.clear()
+            try:
+                await self.sync(body, logger)
+            except kopf.PermanentError:
+                pass  # already reported in status; wait for a spec change
+            except Exception as exc:
+                logger.warning("reconcile pass failed, retrying at the next event: %s", exc)
+            # Coalesce bursts of pod/deployment events into one pass.
+            await asyncio.sleep(self.settings.min_pass_interval_seconds)
+        self.states.pop(key, None)
+
+
+def _owner_key(body: Mapping[str, Any]) -> Key | None:
+    md = body.get("metadata") or {}
+    name = (md.get("labels") or {}).get(res.MODEL_LABEL)
+    return (str(md.get("namespace")), str(name)) if name else None
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
+    """kopf's own settings: progress and diff-base in annotations (status stays ours and
+    schema-checked), peering by random priority unless standalone, quiet kopf Events."""
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    kopf_settings.persistence.finalizer = f"{api.GROUP}/operator"
+    kopf_settings.posting.level = logging.WARNING
+    kopf_settings.peering.standalone = settings.standalone
+    kopf_settings.peering.name = settings.peering_name
+    kopf_settings.peering.clusterwide = settings.cluster_wide
+    kopf_settings.peering.mandatory = not settings.standalone
+    kopf_settings.posting.reporting_component = res.MANAGED_BY
+    # No CRD watching (and so no RBAC for it): the CRD is installed before the operator.
+    kopf_settings.scanning.disabled = True
+    kopf_settings.execution.max_workers = 4
+    kopf_settings.execution.default_backoff = 5
+    kopf_settings.queueing.error_delays = (1, 2, 5, 10, 30)
+    kopf_settings.networking.error_backoffs = (1, 2, 5, 10, 30)
+    # The status subresource's writes come back as watch events of our own making.
+    kopf_settings.persistence.consistency_timeout = 2.0
+
+
+def register(
+    settings: OperatorSettings, registry: kopf.OperatorRegistry | None = None
+) -> tuple[kopf.OperatorRegistry, Reconciler]:
+    """Build a registry with every handler (nothing is registered at import time)."""
+    registry = registry if registry is not None else kopf.OperatorRegistry()
+    rec = Reconciler(settings)
+    msvc = (api.GROUP, api.VERSION, api.PLURAL)
+    managed = {res.MANAGED_BY_LABEL: res.MANAGED_BY}
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings, rec.settings)
+        await rec.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await rec.stop()
+
+    @kopf.on.resume(*msvc, registry=registry)
+    @kopf.on.create(*msvc, registry=registry)
+    @kopf.on.update(*msvc, registry=registry)
+    async def reconcile(body: kopf.Body, logger: Log, **_: Any) -> None:
+        try:
+            await rec.sync(body, logger)
+        except KubeError as exc:
+            raise kopf.TemporaryError(str(exc), delay=5) from None
+        rec.poke((body.metadata.namespace or "", body.metadata.name or ""))
+
+    @kopf.daemon(*msvc, registry=registry, cancellation_timeout=5.0)
+    async def monitor(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Log, **_: Any) -> None:
+        await rec.monitor(body, stopped, logger)
+
+    @kopf.on.event("apps", "v1", "deployments", labels=managed, registry=registry)
+    @kopf.on.event("", "v1", "pods", labels=managed, registry=registry)
+    async def owned_changed(body: kopf.Body, **_: Any) -> None:
+        key = _owner_key(body)
+        if key is not None:
+            rec.poke(key)
+
+    return registry, rec
