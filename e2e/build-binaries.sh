@@ -72,7 +72,7 @@ if [ ! -x "$BIN/helm" ]; then
   log "helm $HELM_VERSION"
   d="$CACHE_ROOT/src/helm-$HELM_VERSION"; mkdir -p "$d"; cd "$d"
   [ -f go.mod ] || go mod init example.local/helmbin >/dev/null 2>&1
-  go get "helm.sh/helm/v3@$HELM_VERSION" >&2
+  go get "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
   go build -trimpath -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" -o "$BIN/helm.tmp" helm.sh/helm/v3/cmd/helm >&2
   mv "$BIN/helm.tmp" "$BIN/helm"
 fi
