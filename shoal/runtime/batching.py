@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, overload
 
 from shoal.runtime.clock import Clock, LoopClock, TimerHandle
-from shoal.runtime.errors import ModelError, NotReady, QueueFull, ShoalError
+from shoal.runtime.errors import ModelError, NotReady, QueueFull, ShoalError, from_model
 from shoal.runtime.execution import call_sync
 
 logger = logging.getLogger(__name__)
@@ -231,11 +231,11 @@ class Batcher(Generic[In, Out]):
                 if item.future.done():
                     continue
                 if isinstance(result, BaseException):  # the model failed just this item
-                    item.future.set_exception(_as_model_error(self.name, result))
+                    item.future.set_exception(from_model(self.name, result, own=True))
                 else:
                     item.future.set_result(result)
         except Exception as exc:
-            err = _as_model_error(self.name, exc)
+            err = from_model(self.name, exc, own=False)
             if not isinstance(exc, ShoalError):
                 logger.error("%s: batch of %d failed", self.name, len(items), exc_info=exc)
             for item in items:
@@ -264,12 +264,6 @@ class Batcher(Generic[In, Out]):
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
-
-
-def _as_model_error(name: str, exc: BaseException) -> ShoalError:
-    if isinstance(exc, ShoalError):
-        return exc
-    return ModelError(f"{name} failed: {type(exc).__name__}: {exc}")
 
 
 async def gather_rows(futures: Sequence[asyncio.Future[Out]]) -> list[Out]:

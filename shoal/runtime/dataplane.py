@@ -4,6 +4,7 @@ Protocol modules turn bytes into rows and call it; it knows nothing of HTTP."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ class DataPlane:
         self.loaded = False
         self.draining = False
         self.inflight = 0
+        self.last_refused = 0.0
+        """When work was last refused for draining (monotonic): drain lingers while it comes."""
         self._idle = asyncio.Event()
 
     # -- state ----------------------------------------------------------------------------
@@ -52,6 +55,7 @@ class DataPlane:
     def admit(self) -> None:
         """Count a unit of work in (drain waits for these); refuse new work while draining."""
         if self.draining:
+            self.last_refused = time.monotonic()
             raise Draining()
         self.inflight += 1
 

@@ -80,3 +80,14 @@ def to_response(
         logger.error("unhandled error: %r", exc, exc_info=exc, extra={"request_id": request_id})
         status, headers, message = 500, [], f"internal error: {type(exc).__name__}: {exc}"
     return status, headers, orjson.dumps({"error": message})
+
+
+def from_model(name: str, exc: BaseException, *, own: bool) -> ShoalError:
+    """The error a request gets when the model failed. `own`: the failure is this request's
+    alone (a per-item exception in a batch, or an unbatched call), so the model's ValueError or
+    TypeError means a bad input (400); a whole batch failing is the server's problem (500)."""
+    if isinstance(exc, ShoalError):
+        return exc
+    if own and isinstance(exc, ValueError | TypeError):
+        return InvalidInput(f"{name}: {exc}")
+    return ModelError(f"{name} failed: {type(exc).__name__}: {exc}")

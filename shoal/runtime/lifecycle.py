@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from shoal.runtime import handle as handle_mod
@@ -15,7 +16,7 @@ from shoal.runtime.loading import LoadError, ModelSpec, instantiate
 from shoal.runtime.metrics import RuntimeMetrics
 from shoal.runtime.model import ServedModel
 from shoal.runtime.server import ShoalApp
-from shoal.runtime.settings import ServeSettings
+from shoal.runtime.settings import DEFAULT_MAX_QUEUE_SIZE, ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class Runtime:
                     spec.name,
                     obj,
                     overrides=self.settings.batch_overrides(),
-                    default_max_queue_size=self.settings.max_queue_size,
+                    default_max_queue_size=DEFAULT_MAX_QUEUE_SIZE,
                     device=device,
                     on_batch=self.metrics.batch_observer(spec.name),
                 )
@@ -113,11 +114,24 @@ class Runtime:
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        grace_ends = time.monotonic() + self.settings.grace_period_s
         try:
             await asyncio.wait_for(self.plane.drained(), self.settings.grace_period_s)
             logger.info("drained: every admitted request was answered")
         except TimeoutError:
             logger.warning("grace period over with %d request(s) unfinished", self.plane.inflight)
+            self.request_exit()
+            return
+        # Linger while clients still arrive (the gateway or kube-proxy has not seen us go):
+        # each gets a 503 with x-shoal-draining instead of a connection reset. Exit once it has
+        # been quiet for drain_quiet_s, or when the grace period ends.
+        quiet = self.settings.drain_quiet_s
+        while True:
+            now = time.monotonic()
+            wake = min(self.plane.last_refused + quiet, grace_ends)
+            if now >= wake:
+                break
+            await asyncio.sleep(wake - now)
         self.request_exit()
 
     async def _shutdown(self) -> None:

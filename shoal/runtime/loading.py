@@ -150,6 +150,8 @@ def resolve_device(setting: str) -> str:
 
 
 def _accepts(func: Any, name: str) -> bool:
+    if func is object.__init__:  # its (*args, **kwargs) accepts nothing
+        return False
     try:
         params = inspect.signature(func).parameters
     except (TypeError, ValueError):

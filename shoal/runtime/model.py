@@ -23,7 +23,7 @@ from shoal.runtime.batching import (
     gather_rows,
 )
 from shoal.runtime.clock import Clock, LoopClock
-from shoal.runtime.errors import DeadlineExceeded, ModelError, QueueFull
+from shoal.runtime.errors import DeadlineExceeded, QueueFull, from_model
 from shoal.runtime.execution import call_sync
 
 logger = logging.getLogger(__name__)
@@ -74,12 +74,13 @@ class ServedModel:
         self.batcher: Batcher[Any, Any] | None = None
         self.policy: BatchPolicy | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self.max_queue_size = default_max_queue_size
+        over = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self.max_queue_size = over.get("max_queue_size", default_max_queue_size)
         found = find_batched(obj)
         if found is not None:
             batched, instance = found
-            over = dict(overrides or {})
-            if over.get("max_queue_size") is None and batched.policy.max_queue_size is None:
+            # flags/env > the decorator > the server default
+            if "max_queue_size" not in over and batched.policy.max_queue_size is None:
                 over["max_queue_size"] = default_max_queue_size
             self.policy = batched.policy.with_overrides(**over)
             self._batched: tuple[BatchedFunction, object | None] | None = (batched, instance)
@@ -165,7 +166,7 @@ class ServedModel:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"shoal-{self.name}")
             work = loop.run_in_executor(self._executor, self._run_sync, rows, reply)
-            work.add_done_callback(functools.partial(_transfer, reply))
+            work.add_done_callback(functools.partial(_transfer, self.name, reply))
         return reply
 
     async def _run_async(self, rows: Sequence[Any], reply: asyncio.Future[list[Any]]) -> None:
@@ -175,7 +176,7 @@ class ServedModel:
             raise
         except Exception as exc:
             if not reply.done():
-                reply.set_exception(_model_error(self.name, exc))
+                reply.set_exception(from_model(self.name, exc, own=True))
             return
         if not reply.done():
             reply.set_result(out)
@@ -186,24 +187,17 @@ class ServedModel:
         return [call_sync(self._fn, row) for row in rows]
 
 
-def _transfer(reply: asyncio.Future[list[Any]], work: asyncio.Future[list[Any] | None]) -> None:
+def _transfer(
+    name: str, reply: asyncio.Future[list[Any]], work: asyncio.Future[list[Any] | None]
+) -> None:
     if reply.done():
         return
     exc = work.exception()
     if exc is not None:
-        reply.set_exception(_model_error("model", exc))
+        reply.set_exception(from_model(name, exc, own=True))
     else:
         result = work.result()
         reply.set_result(result if result is not None else [])
-
-
-def _model_error(name: str, exc: BaseException) -> Exception:
-    from shoal.runtime.errors import ShoalError
-
-    if isinstance(exc, ShoalError):
-        return exc
-    logger.error("%s failed", name, exc_info=exc)
-    return ModelError(f"{name} failed: {type(exc).__name__}: {exc}")
 
 
 def find_ingress(obj: object) -> ASGIApp | None:

@@ -125,6 +125,8 @@ class ShoalApp:
                 header_len = value
         if rid is None:
             rid = f"{self._rid_prefix}-{next(self._rid_counter)}".encode()
+        if self.plane.draining:
+            send = _closing(send)
         model_name = "unknown"
         protocol = "other"
         try:
@@ -322,6 +324,18 @@ class _Loading(ShoalError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"model {name!r} is loading", [(b"retry-after", b"1")])
+
+
+def _closing(send: Send) -> Send:
+    """While draining, close each connection after its response so no client reuses a
+    keep-alive connection that is about to go away."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
+        await send(message)
+
+    return wrapped
 
 
 def _int_header(value: bytes | None, name: str) -> int | None:

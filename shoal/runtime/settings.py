@@ -21,6 +21,8 @@ from shoal.runtime.loading import (
     split_named,
 )
 
+DEFAULT_MAX_QUEUE_SIZE = 1024
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -40,12 +42,15 @@ class ServeSettings:
     """Overrides the decorator's wait (SHOAL_BATCH_WAIT_TIMEOUT_S)."""
     max_concurrent_batches: int | None = None
     """Overrides the decorator's value (SHOAL_MAX_CONCURRENT_BATCHES)."""
-    max_queue_size: int = 1024
-    """Rows waiting per model before 503 + Retry-After (SHOAL_MAX_QUEUE_SIZE)."""
+    max_queue_size: int | None = None
+    """Rows waiting per model before 503 + Retry-After (SHOAL_MAX_QUEUE_SIZE); overrides the
+    decorator's; when neither sets it, DEFAULT_MAX_QUEUE_SIZE."""
     request_timeout_s: float = 30.0
     """Deadline of a request without x-shoal-timeout-ms, queue time included (504 after)."""
     grace_period_s: float = 25.0
     """After SIGTERM: time to finish queued and in-flight work before exiting anyway."""
+    drain_quiet_s: float = 0.5
+    """After draining, exit once no request has arrived for this long (SHOAL_DRAIN_QUIET_S)."""
     max_body_bytes: int = 16 << 20
     """Larger request bodies get 413 (SHOAL_MAX_BODY_BYTES)."""
     log_format: str = "text"
@@ -63,6 +68,7 @@ class ServeSettings:
             "max_batch_size": self.max_batch_size,
             "batch_wait_timeout_s": self.batch_wait_timeout_s,
             "max_concurrent_batches": self.max_concurrent_batches,
+            "max_queue_size": self.max_queue_size,
         }
 
 
@@ -101,6 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--request-timeout-s", type=float)
     add("--grace-period-s", type=float)
     add("--max-body-bytes", type=int)
+    add("--drain-quiet-s", type=float)
     add("--log-format", choices=["text", "json"])
     add("--log-level")
     add("--termination-log")
@@ -118,6 +125,7 @@ _ENV = {
     "request_timeout_s": ("SHOAL_REQUEST_TIMEOUT_S", float),
     "grace_period_s": ("SHOAL_GRACE_PERIOD_S", float),
     "max_body_bytes": ("SHOAL_MAX_BODY_BYTES", int),
+    "drain_quiet_s": ("SHOAL_DRAIN_QUIET_S", float),
     "log_format": ("SHOAL_LOG_FORMAT", str),
     "log_level": ("SHOAL_LOG_LEVEL", str),
     "termination_log": ("SHOAL_TERMINATION_LOG", str),

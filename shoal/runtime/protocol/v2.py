@@ -82,9 +82,7 @@ def _from_json_data(name: str, datatype: str, data: Any, count: int) -> np.ndarr
     kind = arr.dtype.kind if arr.size else np.dtype(DTYPES[datatype]).kind
     target = np.dtype(DTYPES[datatype])
     if kind not in _KIND_OK[target.kind]:
-        got = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats"}.get(
-            kind, "strings"
-        )
+        got = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats"}.get(kind, "text")
         raise _fail(f"input {name!r}: datatype {datatype} does not accept {got}")
     if target.kind in "iu" and arr.size:
         info = np.iinfo(target)

@@ -1,0 +1,139 @@
+"""Test helpers: run a real `shoal serve` process on loopback and wait until it is ready.
+
+Used by the runtime's and the examples' tests; usable by anything that needs a live replica."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+def shoal_command() -> list[str]:
+    script = Path(sys.executable).parent / "shoal"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "shoal.cli"]
+
+
+class ServeProcess:
+    """`shoal serve ARGS --host 127.0.0.1 --port 0` in a subprocess; `url` once ready."""
+
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        wait_ready: bool = True,
+        ready_timeout_s: float = 90.0,
+    ) -> None:
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.host = host
+        self.port = port
+        self.wait_ready = wait_ready
+        self.ready_timeout_s = ready_timeout_s
+        self._dir = tempfile.TemporaryDirectory(prefix="shoal-serve-")
+        self.port_file = Path(self._dir.name) / "port"
+        self.log_file = Path(self._dir.name) / "log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> ServeProcess:
+        cmd = [
+            *shoal_command(),
+            "serve",
+            *self.args,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--port-file",
+            str(self.port_file),
+        ]
+        with open(self.log_file, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not self.port_file.exists():
+            self._check_alive("before listening")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"shoal serve did not listen in time:\n{self.logs()}")
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text())
+        self.url = f"http://{self.host}:{self.port}"
+        if self.wait_ready:
+            self.await_ready(deadline)
+        return self
+
+    def await_ready(self, deadline: float) -> None:
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                self._check_alive("before ready")
+                try:
+                    if client.get(f"{self.url}/v2/health/ready").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"shoal serve was not ready in time:\n{self.logs()}")
+                time.sleep(0.05)
+
+    def _check_alive(self, when: str) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"shoal serve exited with {self.proc.returncode} {when}:\n{self.logs()}"
+            )
+
+    def logs(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def close(self) -> None:
+        """Stop the process (if running) and remove its temporary files."""
+        self.stop()
+        self._dir.cleanup()
+
+    def __enter__(self) -> ServeProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

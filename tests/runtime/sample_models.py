@@ -1,0 +1,81 @@
+"""Models the runtime tests serve with `shoal serve tests/runtime/sample_models.py:Class`."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import shoal
+
+
+class Echo:
+    """Batched, async: answers each row with itself."""
+
+    @shoal.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def __call__(self, rows: list[Any]) -> list[Any]:
+        return rows
+
+
+class Declared:
+    """Declares its V2 inputs, so the server checks names, datatypes and shapes."""
+
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
+    outputs = [{"name": "sum", "datatype": "FP32", "shape": [-1]}]
+
+    @shoal.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    def __call__(self, rows: list[Any]) -> list[Any]:
+        return [float(sum(r)) for r in rows]
+
+
+class Gated:
+    """Unbatched, sync: a row names a gate; the call blocks until that gate file exists.
+
+    Lets tests hold a request inside the model for exactly as long as they need."""
+
+    def __init__(self, gate_dir: str) -> None:
+        self.gate_dir = gate_dir
+
+    def __call__(self, token: str) -> str:
+        path = os.path.join(self.gate_dir, token)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return f"passed {token}"
+
+
+class Broken:
+    """Returns one result too few: every request of the batch gets a 500 that says so."""
+
+    @shoal.batch(max_batch_size=4, batch_wait_timeout_s=0.001)
+    async def __call__(self, rows: list[Any]) -> list[Any]:
+        return rows[:-1]
+
+
+class WaitsToLoad:
+    """Loads only once a file exists: the server must answer live=200, ready=503 meanwhile."""
+
+    def __init__(self, gate: str) -> None:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    async def __call__(self, row: Any) -> Any:
+        return row
+
+
+class FailsToLoad:
+    def __init__(self) -> None:
+        raise RuntimeError("weights file /models/missing.pt not found")
+
+    def __call__(self, row: Any) -> Any:
+        return row
+
+
+class SlowBatched:
+    """Batched, sync, 20 ms per batch: keeps a queue under load for drain tests."""
+
+    @shoal.batch(max_batch_size=4, batch_wait_timeout_s=0.001)
+    def __call__(self, rows: list[int]) -> list[int]:
+        time.sleep(0.02)
+        return [r + 1 for r in rows]
