@@ -46,7 +46,7 @@ class RetryBudget:
     def try_spend(self) -> bool:
         """Take one token for a retry; False when the budget is spent (do not retry)."""
         self._refill()
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - 1e-9:  # 5 x 0.2 must buy a retry despite float rounding
+            self._tokens = max(0.0, self._tokens - 1.0)
             return True
         return False

@@ -191,7 +191,13 @@ class HttpConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(_Reject(501, "protocol upgrades (WebSocket, h2c) are not supported"))
+            # Whatever follows the upgrade request is not HTTP/1.1: read no more. A WebSocket
+            # request was refused in on_message_complete; others (h2c) are answered in HTTP/1.1
+            # and the connection closed.
+            if self.transport is not None:
+                self.transport.pause_reading()
+            if self._reject is not None:
+                self._fail(self._reject)
         except httptools.HttpParserCallbackError:
             self._fail(self._reject or _Reject(400, "malformed HTTP request"))
         except httptools.HttpParserError as exc:
@@ -287,6 +293,17 @@ class HttpConnection(asyncio.Protocol):
             # absolute-form ("http://...") and asterisk-form ("*") are for proxies/OPTIONS.
             self._reject = _Reject(400, "request target must be a path starting with '/'")
             raise self._reject
+        keep_alive = self._parser.should_keep_alive()
+        if self._parser.should_upgrade():
+            for name, value in self._headers:
+                if name == b"upgrade" and b"websocket" in value.lower():
+                    self._reject = _Reject(501, "WebSocket upgrades are not supported")
+                    return
+                if name in (b"content-length", b"transfer-encoding") and value.strip() != b"0":
+                    # llhttp hands the bytes after an upgrade request's head back unparsed.
+                    self._reject = _Reject(501, "protocol upgrades with a body are not supported")
+                    return
+            keep_alive = False
         path, _, query = url.partition(b"?")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(
@@ -295,7 +312,7 @@ class HttpConnection(asyncio.Protocol):
             query,
             self._headers,
             body,
-            self._parser.should_keep_alive(),
+            keep_alive,
             self._started_at,
         )
         if self._task is None:
