@@ -41,6 +41,7 @@ class Measurement:
     mean_batch: float
     server_reported_mean_batch: float | None
     generator: str
+    round: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 _REF_PROTOCOL = "v1"  # every peer speaks a V1-shaped body; ratios compare like with like
@@ -25,14 +26,52 @@ def _find(
     return None
 
 
+_KEY = ("workload", "server", "protocol", "connections")
+_MEDIANS = ("rps", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "mean_batch")
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (workload, server, protocol, clients): medians over rounds, errors summed."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(tuple(r[k] for k in _KEY), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        row: dict[str, Any] = dict(zip(_KEY, key, strict=True))
+        for m in _MEDIANS:
+            row[m] = statistics.median(r[m] for r in rs)
+        row["errors"] = sum(r["errors"] for r in rs)
+        row["rounds"] = len(rs)
+        row["rps_min"] = min(r["rps"] for r in rs)
+        row["rps_max"] = max(r["rps"] for r in rs)
+        reported = [r["server_reported_mean_batch"] for r in rs if r["server_reported_mean_batch"]]
+        row["server_reported_mean_batch"] = statistics.median(reported) if reported else None
+        row["generator"] = rs[0]["generator"]
+        out.append(row)
+    return out
+
+
 def _ratio(a: float, ref: dict[str, Any] | None) -> str:
     if ref is None or not ref["rps"]:
         return "-"
     return f"{a / ref['rps']:.1f}x"
 
 
+def _rps(r: dict[str, Any]) -> str:
+    if r.get("rounds", 1) > 1:
+        return f"{r['rps']:,.0f} ({r['rps_min']:,.0f}-{r['rps_max']:,.0f})"
+    return f"{r['rps']:,.0f}"
+
+
 def _fmt_ms(x: float) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:.0f}"
+
+
+def _rounds(doc: dict[str, Any]) -> str:
+    n = doc.get("rounds", 1)
+    if n <= 1:
+        return ""
+    return f"; {n} rounds, peer order reversed on odd rounds, medians shown (req/s range)"
 
 
 def _goal(ok: bool) -> str:
@@ -40,7 +79,7 @@ def _goal(ok: bool) -> str:
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    rows: list[dict[str, Any]] = doc["results"]
+    rows: list[dict[str, Any]] = doc["summary"]
     conns: int = doc["load"]["connections"]
     mod: int = doc["moderate_connections"]
     m = doc["machine"]
@@ -58,8 +97,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{k['batch_wait_timeout_s']}, torch threads {k['torch_threads']}; {conns} closed-loop "
         f"connections from {', '.join(gen)} (-t{doc['load']['wrk_threads']}), "
         f"{doc['load']['warmup_s']:g} s warm-up then {doc['load']['duration_s']:g} s measured "
-        "per row, one server at a time. Mean batch = rows/calls counted inside the model "
-        "(same instrument in every server).\n",
+        f"per row, one server at a time{_rounds(doc)}. Mean batch = rows/calls counted inside "
+        "the model (same instrument in every server).\n",
     ]
     for wname, wl in doc["workloads"].items():
         limit = doc["limits"].get(wname, {}).get("rows_per_s", 0.0)
@@ -77,7 +116,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 continue
             pct = f"{100 * r['rps'] / limit:.0f}%" if limit else "-"
             out.append(
-                f"| {r['server']} | {r['protocol'].upper()} | {r['rps']:,.0f} "
+                f"| {r['server']} | {r['protocol'].upper()} | {_rps(r)} "
                 f"| {_fmt_ms(r['p50_ms'])} | {_fmt_ms(r['p99_ms'])} | {r['errors']} "
                 f"| {r['mean_batch']:.1f} | {_ratio(r['rps'], ray)} | {_ratio(r['rps'], ks)} "
                 f"| {_ratio(r['rps'], floor)} | {pct} |\n"

@@ -9,6 +9,7 @@ bench/RESULTS.md (see bench/report.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -16,6 +17,7 @@ import logging
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,7 @@ class Settings:
     plan: LoadPlan
     moderate_connections: int
     limit_duration_s: float
+    rounds: int
     out_dir: Path
     results_md: Path | None
     command: str
@@ -56,6 +59,7 @@ class Run:
     limits: dict[str, dict[str, Any]] = field(default_factory=dict)
     rows: list[Measurement] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
+    round: int = 0
 
     def stats_file(self, name: str) -> str:
         path = str(self.stats_dir / f"{name}.stats")
@@ -90,6 +94,13 @@ def parse_args(argv: Sequence[str]) -> Settings:
     p.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--wrk-threads", type=int, default=1)
     p.add_argument("--limit-duration", type=float, default=5.0)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every measurement this many times (peer order reversed on odd rounds); "
+        "the table reports medians",
+    )
     p.add_argument("--out-dir", type=Path, default=servers.ROOT / "bench" / "out")
     p.add_argument(
         "--results",
@@ -115,6 +126,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         plan=LoadPlan(a.connections, a.duration, a.warmup, a.generator, a.wrk_threads),
         moderate_connections=a.moderate_connections,
         limit_duration_s=a.limit_duration,
+        rounds=a.rounds,
         out_dir=a.out_dir,
         results_md=None if a.no_results else a.results,
         command="scripts/bench " + shlex.join(argv) if argv else "scripts/bench",
@@ -186,7 +198,7 @@ def _measure_endpoints(
             m.mean_batch,
             m.errors,
         )
-        run.rows.append(m)
+        run.rows.append(dataclasses.replace(m, round=run.round))
 
 
 def _simple_peer(
@@ -303,12 +315,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = Run(s, s.out_dir / "logs" / stamp, Path(tmp))
         for name in s.workloads:
             wl = WORKLOADS[name]
-            run.limits[name] = model_limit(wl, s)
-            log.info("%s model-bound limit: %.0f rows/s", name, run.limits[name]["rows_per_s"])
-            for peer in s.peers:
-                step = _peer_step(run, wl, peer)
-                if step is not None:
-                    _attempt(run, wl, peer, step)
+            samples = []
+            for rnd in range(s.rounds):
+                run.round = rnd
+                lim = model_limit(wl, s)
+                samples.append(lim["rows_per_s"])
+                run.limits[name] = {
+                    **lim,
+                    "rows_per_s": statistics.median(samples),
+                    "samples": samples,
+                }
+                log.info("%s round %d: model-bound limit %.0f rows/s", name, rnd, lim["rows_per_s"])
+                # Reversing the order on odd rounds spreads slow drifts of the machine's load.
+                for peer in s.peers if rnd % 2 == 0 else list(reversed(s.peers)):
+                    step = _peer_step(run, wl, peer)
+                    if step is not None:
+                        _attempt(run, wl, peer, step)
     notes["loadavg_end"] = os.getloadavg()
     result = {
         "started": started.isoformat(timespec="seconds"),
@@ -320,6 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "moderate_connections": s.moderate_connections,
         "workloads": {w: asdict(WORKLOADS[w]) for w in s.workloads},
         "limits": run.limits,
+        "rounds": s.rounds,
+        "summary": report.summarize([m.to_dict() for m in run.rows]),
         "results": [m.to_dict() for m in run.rows],
         "failures": run.failures,
     }

@@ -98,9 +98,7 @@ def shoal(hidden: int, knobs: Knobs, stats: str) -> tuple[ServerSpec, list[Endpo
     argv = [
         str(SHOAL),
         "serve",
-        "bench.models:MLP",
-        "--name",
-        "mlp",
+        "mlp=bench.models:MLP",
         "--port",
         str(port),
         "--host",
@@ -113,6 +111,8 @@ def shoal(hidden: int, knobs: Knobs, stats: str) -> tuple[ServerSpec, list[Endpo
         str(knobs.max_batch_size),
         "--batch-wait-timeout-s",
         str(knobs.batch_wait_timeout_s),
+        "--log-format",
+        "json",
     ]
     v2 = "/v2/models/mlp/infer"
     spec = ServerSpec("shoal", argv, port, v2, body("v2"), _env(stats), start_timeout_s=120.0)
