@@ -16,6 +16,10 @@ have_all() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; }
 if have_all; then echo "$BIN"; exit 0; fi
 
 mkdir -p "$BIN" "$CACHE_ROOT/src"
+# One build at a time per cache (parallel test sessions on a fresh machine): wait for the other.
+exec 9>"$CACHE_ROOT/build.lock"
+flock 9
+if have_all; then echo "$BIN"; exit 0; fi
 export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--p=2}" GOTOOLCHAIN=local
 log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 start=$(date +%s)

@@ -1,0 +1,53 @@
+"""Finds or builds the control-plane binaries (build-binaries.sh, cached per user and version)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from e2e.network import HarnessError
+
+log = logging.getLogger(__name__)
+
+SCRIPT = Path(__file__).with_name("build-binaries.sh")
+REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+
+
+def ensure(timeout_s: float = 3600.0) -> Path:
+    """Returns the folder holding the binaries, building them first when the cache lacks them.
+
+    The build's progress goes to this process's stderr, so a first (long) build is visible.
+    """
+    if shutil.which("go") is None and shutil.which("/usr/local/go/bin/go") is None:
+        raise HarnessError("building the e2e control plane needs Go (`go` on PATH), not found")
+    env_path = "/usr/local/go/bin"
+    proc = subprocess.run(
+        ["bash", str(SCRIPT)],
+        stdout=subprocess.PIPE,
+        stderr=sys.stderr,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+        env=_env(env_path),
+    )
+    if proc.returncode != 0:
+        raise HarnessError(f"{SCRIPT} failed with exit code {proc.returncode} (see its stderr)")
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if not lines:
+        raise HarnessError(f"{SCRIPT} printed no binary folder")
+    bin_dir = Path(lines[-1])
+    missing = [b for b in REQUIRED if not (bin_dir / b).is_file()]
+    if missing:
+        raise HarnessError(f"{bin_dir} lacks {', '.join(missing)} after the build")
+    return bin_dir
+
+
+def _env(extra_path: str) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PATH"] = f"{env.get('PATH', '')}:{extra_path}"
+    return env

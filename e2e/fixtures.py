@@ -1,0 +1,94 @@
+"""Pytest plugin: the local cluster as fixtures (loaded by the root conftest).
+
+- ``k8s_cluster`` (session): one cluster per test run, started only when a selected test uses it,
+  torn down at session end. Binaries are built (or found in the cache) and the cluster is started
+  right after collection, so that neither counts against the first test's timeout.
+- ``k8s_namespace`` (function): a fresh namespace, deleted after the test.
+
+Set ``SHOAL_E2E_RUN_DIR`` to a slot's run dir (e.g. ``/tmp/shoal-e2e/slot-0``) to use a cluster
+started by ``python -m e2e.cluster up`` instead (it is left running). Missing prerequisites (Go,
+root, ``ip``) make the tests FAIL with a message; they are never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster import Cluster
+
+_CLUSTER_FIXTURES = {"k8s_cluster", "k8s_namespace"}
+
+
+class _State:
+    cluster: Cluster | None = None
+    error: str | None = None
+    owned = False
+
+
+def _wanted(session: pytest.Session) -> bool:
+    return any(_CLUSTER_FIXTURES & set(getattr(i, "fixturenames", ())) for i in session.items)
+
+
+def _start() -> None:
+    from e2e import cluster as cluster_mod
+    from e2e.network import HarnessError
+
+    run_dir = os.environ.get("SHOAL_E2E_RUN_DIR")
+    try:
+        if run_dir:
+            ready = Path(run_dir) / "ready.json"
+            if not ready.exists():
+                raise HarnessError(f"SHOAL_E2E_RUN_DIR={run_dir}: no running cluster there")
+            _State.cluster = Cluster.from_info(json.loads(ready.read_text()))
+        else:
+            _State.cluster = cluster_mod.start(follow_parent=True, timeout_s=600)
+            _State.owned = True
+    except (HarnessError, OSError, TimeoutError) as exc:
+        _State.error = f"the e2e cluster could not start: {exc}"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _wanted(session) and _State.cluster is None and _State.error is None:
+        _start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _State.cluster is not None and _State.owned:
+        from e2e import cluster as cluster_mod
+        from e2e.layout import Slot
+
+        cluster_mod.stop(Slot(_State.cluster.slot), pid=_State.cluster.pid)
+        _State.cluster = None
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster() -> Cluster:
+    if _State.cluster is None and _State.error is None:
+        _start()  # used outside a normal collection (e.g. requested dynamically)
+    if _State.cluster is None:
+        pytest.fail(_State.error or "the e2e cluster is not running", pytrace=False)
+    return _State.cluster
+
+
+@pytest.fixture
+def k8s_namespace(k8s_cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    k8s_cluster.kubectl("create", "namespace", name)
+    k8s_cluster.wait_for(
+        lambda: (
+            k8s_cluster.kubectl(
+                "get", "serviceaccount", "default", "-n", name, check=False
+            ).returncode
+            == 0
+        ),
+        30,
+        f"default ServiceAccount in namespace {name}",
+    )
+    yield name
+    k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

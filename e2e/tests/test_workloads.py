@@ -1,0 +1,189 @@
+"""Pods run as local processes with their own IPs; the real controllers publish them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from e2e.cluster import Cluster
+from e2e.tests import manifests
+
+pytestmark = pytest.mark.e2e
+
+
+def ready_endpoint_ips(cluster: Cluster, ns: str, service: str) -> set[str]:
+    slices = cluster.get_json(
+        "endpointslices", "-n", ns, "-l", f"kubernetes.io/service-name={service}"
+    )["items"]
+    return {
+        addr
+        for s in slices
+        for ep in s.get("endpoints") or []
+        if ep.get("conditions", {}).get("ready")
+        for addr in ep["addresses"]
+    }
+
+
+def wait_ready_ips(cluster: Cluster, ns: str, service: str, n: int) -> set[str]:
+    def exactly_n() -> set[str] | None:
+        ips = ready_endpoint_ips(cluster, ns, service)
+        return ips if len(ips) == n else None
+
+    return cluster.wait_for(exactly_n, 90, f"{n} ready endpoints of service {service}")
+
+
+def pod_when(
+    cluster: Cluster, ns: str, name: str, cond: Callable[[Any], bool], timeout: float = 60
+) -> Any:
+    """Waits until cond(pod) holds (KeyErrors count as not yet); returns the pod."""
+
+    def check() -> Any:
+        pod = cluster.get_json("pod", "-n", ns, name)
+        return pod if cond(pod) else None
+
+    return cluster.wait_for(check, timeout, f"pod {ns}/{name} to reach the expected state")
+
+
+def get(ip: str, path: str = "/") -> Any:
+    resp = httpx.get(f"http://{ip}:8080{path}", timeout=5, trust_env=False)
+    resp.raise_for_status()
+    return resp.json()
+
+
+def test_deployment_three_replicas_answer_at_their_endpoint_ips(
+    k8s_cluster: Cluster, k8s_namespace: str
+) -> None:
+    ns = k8s_namespace
+    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.service("web"))
+    k8s_cluster.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=manifests.deployment("web", 3, manifests.server_container()),
+    )
+    ips = wait_ready_ips(k8s_cluster, ns, "web", 3)
+    pods = k8s_cluster.get_json("pods", "-n", ns, "-l", "app=web")["items"]
+    assert {p["status"]["podIP"] for p in pods} == ips
+    answers = {ip: get(ip) for ip in ips}
+    assert {a["ip"] for a in answers.values()} == ips  # each answered from its own IP
+    assert {a["pod"] for a in answers.values()} == {p["metadata"]["name"] for p in pods}
+    for p in pods:
+        assert p["status"]["phase"] == "Running"
+        assert p["status"]["hostIP"] == k8s_cluster.api_url.split("//")[1].split(":")[0]
+        assert p["spec"]["nodeName"].startswith("cpu-")  # GPU nodes are tainted
+
+
+def test_env_volumes_and_in_cluster_api_access(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    ns = k8s_namespace
+    k8s_cluster.kubectl("create", "configmap", "cfg", "-n", ns, "--from-literal=greeting=hello")
+    k8s_cluster.kubectl("create", "secret", "generic", "sec", "-n", ns, "--from-literal=k=s3cret")
+    container = manifests.server_container(
+        env=[
+            *manifests.downward_env(),
+            {
+                "name": "GREETING",
+                "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}},
+            },
+            {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "k"}}},
+        ],
+        volumeMounts=[
+            {"name": "cfg", "mountPath": "/etc/shoal-e2e-cfg"},
+            {"name": "scratch", "mountPath": "/scratch"},
+        ],
+    )
+    volumes = [
+        {"name": "cfg", "configMap": {"name": "cfg"}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    k8s_cluster.kubectl(
+        "apply", "-n", ns, "-f", "-", input=manifests.pod("envpod", [container], volumes=volumes)
+    )
+    k8s_cluster.kubectl("wait", "-n", ns, "pod/envpod", "--for=condition=Ready", "--timeout=60s")
+    pod = k8s_cluster.get_json("pod", "-n", ns, "envpod")
+    info = get(pod["status"]["podIP"])
+    assert info["greeting"] == "hello"
+    assert info["secret"] == "s3cret"
+    assert info["namespace_file"] == ns
+    assert info["token_len"] > 100
+    assert info["hostname"] == "envpod"
+    # In-cluster config works: the pod reaches the API server with its token and CA.
+    script = (
+        "import os, ssl, urllib.request; d = '/var/run/secrets/kubernetes.io/serviceaccount'; "
+        "ctx = ssl.create_default_context(cafile=d + '/ca.crt'); "
+        "h, p = os.environ['KUBERNETES_SERVICE_HOST'], os.environ['KUBERNETES_SERVICE_PORT']; "
+        "req = urllib.request.Request(f'https://{h}:{p}/version', "
+        "headers={'Authorization': 'Bearer ' + open(d + '/token').read()}); "
+        "open('/dev/termination-log', 'w').write(urllib.request.urlopen(req, context=ctx).read()"
+        ".decode()); "
+        "print(open('/etc/shoal-e2e-cfg/greeting').read())"
+    )
+    job_pod = {
+        "name": "client",
+        "image": "python:3.11",
+        "command": ["python", "-c", script],
+        "volumeMounts": [{"name": "cfg", "mountPath": "/etc/shoal-e2e-cfg"}],
+    }
+    k8s_cluster.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=manifests.pod("client", [job_pod], restartPolicy="Never", volumes=volumes[:1]),
+    )
+    done = pod_when(
+        k8s_cluster, ns, "client", lambda p: p["status"].get("phase") in ("Succeeded", "Failed")
+    )
+    term = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert done["status"]["phase"] == "Succeeded", term
+    assert json.loads(term["message"])["gitVersion"] == "v1.36.3"
+    assert k8s_cluster.pod_log(ns, "client").strip() == "hello"
+
+
+def test_readiness_failure_removes_the_endpoint(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    ns = k8s_namespace
+    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.service("rd"))
+    k8s_cluster.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=manifests.deployment("rd", 2, manifests.server_container()),
+    )
+    ips = wait_ready_ips(k8s_cluster, ns, "rd", 2)
+    victim, other = sorted(ips)
+    httpx.post(f"http://{victim}:8080/unready", timeout=5, trust_env=False).raise_for_status()
+    k8s_cluster.wait_for(
+        lambda: ready_endpoint_ips(k8s_cluster, ns, "rd") == {other},
+        30,
+        f"endpoint {victim} to leave the ready set",
+    )
+    pods = k8s_cluster.get_json("pods", "-n", ns, "-l", "app=rd")["items"]
+    by_ip = {p["status"]["podIP"]: p for p in pods}
+    ready = [c for c in by_ip[victim]["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready[0]["status"] == "False"
+    assert get(victim)["ip"] == victim  # still running: only unready
+
+
+def test_unmapped_image_waits_with_a_clear_reason(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    ns = k8s_namespace
+    c = {"name": "c", "image": "nginx:1.27", "command": ["nginx"]}
+    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.pod("nginx", [c]))
+    pod = pod_when(
+        k8s_cluster,
+        ns,
+        "nginx",
+        lambda p: (
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImageNeverPull"
+        ),
+    )
+    message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+    assert "nginx:1.27 is not mapped to a local installation" in message
+    assert pod["status"]["phase"] == "Pending"
