@@ -1,0 +1,1 @@
+"""The process kubelet: nodes and pods of the local cluster, played by local processes."""

@@ -1,0 +1,181 @@
+"""Container lifecycle: graceful deletion, restarts with exit codes, namespace deletion."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.cluster import Cluster
+from e2e.tests import manifests
+from e2e.tests.test_workloads import pod_when
+
+pytestmark = pytest.mark.e2e
+
+# Records each signal and ignores SIGTERM, so only SIGKILL can end it.
+STUBBORN = r"""
+import os, signal, sys, time
+out = sys.argv[1]
+def note(line):
+    with open(out, "a") as f:
+        f.write(line + "\n")
+signal.signal(signal.SIGTERM, lambda *a: note("SIGTERM"))
+note(f"pid {os.getpid()}")
+while True:
+    time.sleep(0.1)
+"""
+
+# Exits at once on SIGTERM.
+POLITE = r"""
+import os, signal, sys, time
+out = sys.argv[1]
+def term(*a):
+    with open(out, "a") as f:
+        f.write("SIGTERM\n")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+with open(out, "a") as f:
+    f.write(f"pid {os.getpid()}\n")
+while True:
+    time.sleep(0.1)
+"""
+
+
+def _host_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o777)
+    return d
+
+
+def _pid(record: Path) -> int:
+    return int(next(x for x in record.read_text().split("\n") if x.startswith("pid ")).split()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _signal_pod(name: str, script: str, host_dir: Path, grace: int, **container: object) -> str:
+    c = {
+        "name": "c",
+        "image": "python:3.11",
+        "command": ["python", "-c", script, "/shared/record"],
+        "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+        **container,
+    }
+    return manifests.pod(
+        name,
+        [c],
+        terminationGracePeriodSeconds=grace,
+        volumes=[{"name": "shared", "hostPath": {"path": str(host_dir)}}],
+    )
+
+
+def test_delete_sends_sigterm_then_sigkill_after_grace(
+    k8s_cluster: Cluster, k8s_namespace: str, tmp_path: Path
+) -> None:
+    ns, shared = k8s_namespace, _host_dir(tmp_path)
+    k8s_cluster.kubectl(
+        "apply", "-n", ns, "-f", "-", input=_signal_pod("stub", STUBBORN, shared, 2)
+    )
+    pod_when(k8s_cluster, ns, "stub", lambda p: p["status"]["phase"] == "Running")
+    record = shared / "record"
+    pid = k8s_cluster.wait_for(lambda: record.exists() and _pid(record), 30, "the pod's pid")
+    t0 = time.monotonic()
+    k8s_cluster.kubectl("delete", "pod", "-n", ns, "stub", "--wait=false")
+    k8s_cluster.wait_for(lambda: "SIGTERM" in record.read_text(), 10, "SIGTERM to reach the pod")
+    assert _alive(pid)  # SIGTERM ignored: still running inside the grace period
+    k8s_cluster.wait_for(lambda: not _alive(pid), 30, f"pid {pid} to be killed")
+    assert time.monotonic() - t0 >= 1.5  # killed only once the 2 s grace period ran out
+    k8s_cluster.wait_for(
+        lambda: k8s_cluster.kubectl("get", "pod", "-n", ns, "stub", check=False).returncode != 0,
+        30,
+        "pod stub to be removed from the API",
+    )
+
+
+def test_delete_runs_prestop_then_sigterm(
+    k8s_cluster: Cluster, k8s_namespace: str, tmp_path: Path
+) -> None:
+    ns, shared = k8s_namespace, _host_dir(tmp_path)
+    pre_stop = {"exec": {"command": ["sh", "-c", "echo preStop >> /shared/record"]}}
+    manifest = _signal_pod("polite", POLITE, shared, 30, lifecycle={"preStop": pre_stop})
+    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    record = shared / "record"
+    pid = k8s_cluster.wait_for(lambda: record.exists() and _pid(record), 60, "the pod's pid")
+    k8s_cluster.kubectl("delete", "pod", "-n", ns, "polite", "--wait=false")
+    k8s_cluster.wait_for(
+        lambda: k8s_cluster.kubectl("get", "pod", "-n", ns, "polite", check=False).returncode != 0,
+        20,  # well below the 30 s grace period: the process exited on SIGTERM
+        "pod polite to be removed from the API",
+    )
+    assert not _alive(pid)
+    lines = record.read_text().split()
+    assert lines[-2:] == ["preStop", "SIGTERM"]
+
+
+def test_crashing_container_is_restarted_with_exit_code_and_message(
+    k8s_cluster: Cluster, k8s_namespace: str
+) -> None:
+    ns = k8s_namespace
+    script = "open('/dev/termination-log', 'w').write('boom'); raise SystemExit(3)"
+    c = {"name": "c", "image": "python:3.11", "command": ["python", "-c", script]}
+    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.pod("crash", [c]))
+
+    def restarted(p: Any) -> bool:
+        cs = p["status"]["containerStatuses"][0]
+        return bool(cs["restartCount"] >= 2 and cs["lastState"].get("terminated"))
+
+    pod = pod_when(k8s_cluster, ns, "crash", restarted)
+    cs = pod["status"]["containerStatuses"][0]
+    last = cs["lastState"]["terminated"]
+    assert last["exitCode"] == 3
+    assert last["reason"] == "Error"
+    assert last["message"] == "boom"
+    assert pod["status"]["phase"] == "Running"
+    assert not cs["ready"]
+
+
+def test_namespace_deletion_cleans_up(k8s_cluster: Cluster) -> None:
+    ns = "t-nsdel"
+    k8s_cluster.kubectl("create", "namespace", ns)
+    k8s_cluster.wait_for(
+        lambda: k8s_cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
+        30,
+        "default ServiceAccount",
+    )
+    k8s_cluster.kubectl("create", "configmap", "c", "-n", ns, "--from-literal=a=b")
+    k8s_cluster.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=manifests.deployment("w", 2, manifests.server_container()),
+    )
+    pods = k8s_cluster.wait_for(
+        lambda: (
+            [
+                p
+                for p in k8s_cluster.get_json("pods", "-n", ns)["items"]
+                if p["status"].get("phase") == "Running"
+            ][1:]
+            and k8s_cluster.get_json("pods", "-n", ns)["items"]
+        ),
+        60,
+        "2 running pods",
+    )
+    netns = {f"shoal{k8s_cluster.slot}-{p['metadata']['uid'].replace('-', '')[:10]}" for p in pods}
+    k8s_cluster.kubectl("delete", "namespace", ns, "--timeout=90s")
+    assert k8s_cluster.kubectl("get", "namespace", ns, check=False).returncode != 0
+    existing = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    assert not netns & existing  # the pods' sandboxes are gone too
