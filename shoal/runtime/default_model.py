@@ -57,6 +57,8 @@ class DefaultMLP:
         good = [x for x in checked if not isinstance(x, Exception)]
         if not good:
             return checked
-        out = self.net(self._torch.from_numpy(np.stack(good)).to(self.device)).cpu().numpy()
+        out = (
+            self.net(self._torch.from_numpy(np.stack(good)).to(self.device)).detach().cpu().numpy()
+        )
         it = iter(out)
         return [x if isinstance(x, Exception) else next(it) for x in checked]

@@ -88,7 +88,7 @@ class Handle:
                     "content-type": "application/json",
                     "x-shoal-timeout-ms": str(int(budget_s * 1000)),
                 },
-                timeout=budget_s,
+                timeout=budget_s + 1.0,  # the callee answers 504 first; this is a backstop
             )
         except httpx.TimeoutException:
             raise DeadlineExceeded(f"model {self.name!r} did not answer in time") from None
