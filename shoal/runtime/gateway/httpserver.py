@@ -14,6 +14,7 @@ import http
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import httptools
 import orjson
@@ -126,8 +127,8 @@ class HttpConnection(asyncio.Protocol):
     # -- connection lifecycle -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCP transports are not asyncio.Transport subclasses: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
         self._connections.add(self)
         self._arm_idle()
 
