@@ -33,7 +33,8 @@ from bench.procs import ServerSpec, post, running
 from bench.workloads import WORKLOADS, Workload, body, check_answer
 
 log = logging.getLogger("bench")
-PEERS = ("floor", "shoal", "gateway", "kserve", "ray")
+PEERS = ("floor", "shoal", "gateway", "kserve", "ray", "ray-tuned")
+DEFAULT_PEERS = ("floor", "shoal", "gateway", "kserve", "ray")
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ def parse_args(argv: Sequence[str]) -> Settings:
     p.add_argument("--workloads", default="W1,W2", help="comma list of W1, W2")
     p.add_argument(
         "--peers",
-        default=",".join(PEERS),
-        help="comma list of floor, shoal, gateway, kserve, ray (gateway implies shoal)",
+        default=",".join(DEFAULT_PEERS),
+        help="comma list of floor, shoal, gateway, kserve, ray, ray-tuned (Ray Serve with "
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1; not in the default set); gateway implies shoal",
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each")
@@ -254,6 +256,8 @@ def _peer_step(run: Run, wl: Workload, peer: str) -> Callable[[], None] | None:
         return functools.partial(_simple_peer, run, wl, "kserve", servers.kserve)
     if peer == "ray":
         return functools.partial(_simple_peer, run, wl, "ray-serve", servers.ray_serve)
+    if peer == "ray-tuned":
+        return functools.partial(_simple_peer, run, wl, "ray-serve-tuned", servers.ray_serve_tuned)
     if peer == "shoal":
         return functools.partial(_shoal_and_gateway, run, wl, "gateway" in peers)
     if peer == "gateway" and "shoal" not in peers:
