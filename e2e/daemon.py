@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from e2e import controlplane, network, pki
 from e2e.kube import Kube
+from e2e.kubelet import server as kubelet_server
 from e2e.kubelet.container import Backoff
 from e2e.kubelet.kubelet import Kubelet
 from e2e.kubelet.volumes import remove_mount_points
@@ -118,6 +119,11 @@ async def _run_nodes(
     kube = Kube(slot.api_url, keys)
     kubelet = Kubelet(kube, slot, Backoff())
     kubelet.start()
+    server = asyncio.create_task(
+        kubelet_server.serve(
+            slot.bridge_ip, keys.apiserver_crt, keys.apiserver_key, kubelet.log_path, stop
+        )
+    )
     try:
         await _nodes_ready(kube, 90)
         slot.ready_file.write_text(json.dumps(info))
@@ -132,7 +138,9 @@ async def _run_nodes(
                 break
     finally:
         log.info("stopping pods and nodes")
+        stop.set()
         await kubelet.shutdown(grace_s=2.0)
+        await server
         await kube.aclose()
 
 

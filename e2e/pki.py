@@ -25,6 +25,8 @@ CLIENTS: tuple[tuple[str, str, str | None], ...] = (
     ("admin", "kubernetes-admin", "system:masters"),
     ("kube-controller-manager", "system:kube-controller-manager", None),
     ("kube-scheduler", "system:kube-scheduler", None),
+    # The API server's identity towards kubelets (pods/log proxying).
+    ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
 )
 
 

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -161,6 +162,15 @@ class Kubelet:
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(a.run(self.stop)) for a in self.agents]
+
+    def log_path(self, namespace: str, pod: str, container: str) -> Path | None:
+        """The log file of a container of a pod running here (for the kubelet server)."""
+        for agent in self.agents:
+            for worker in agent.workers.values():
+                meta = worker.pod["metadata"]
+                if (meta["namespace"], meta["name"]) == (namespace, pod):
+                    return worker.dir / "logs" / f"{container}.log"
+        return None
 
     async def shutdown(self, grace_s: float = 2.0) -> None:
         self.stop.set()

@@ -144,6 +144,7 @@ def test_env_volumes_and_in_cluster_api_access(k8s_cluster: Cluster, k8s_namespa
     assert done["status"]["phase"] == "Succeeded", term
     assert json.loads(term["message"])["gitVersion"] == "v1.36.3"
     assert k8s_cluster.pod_log(ns, "client").strip() == "hello"
+    assert k8s_cluster.kubectl("logs", "-n", ns, "client").stdout.strip() == "hello"
 
 
 def test_readiness_failure_removes_the_endpoint(k8s_cluster: Cluster, k8s_namespace: str) -> None:
