@@ -75,7 +75,7 @@ class TopicClassifier:
         opt = torch.optim.Adam(self.net.parameters(), lr=0.1)
         for _ in range(epochs):
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(self.net(x), y).backward()
+            torch.nn.functional.cross_entropy(self.net(x), y).backward()  # type: ignore[no-untyped-call]
             opt.step()
         self.net.eval()
 
@@ -97,7 +97,7 @@ class TopicClassifier:
             t if isinstance(t, str) else ValueError("each input must be a string") for t in texts
         ]
         good = [t for t in checked if isinstance(t, str)]
-        probs = iter(
+        probs: Any = iter(
             torch.softmax(self.net(torch.stack([self._bow(t) for t in good])), dim=-1)
             if good
             else []
