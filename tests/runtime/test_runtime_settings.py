@@ -1,0 +1,166 @@
+"""`shoal serve` settings from flags and env (flags win), model specs, config parsing, URIs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from shoal.runtime.loading import (
+    MLFLOW_TARGET,
+    LoadError,
+    ModelSpec,
+    default_name,
+    instantiate,
+    parse_config_value,
+    resolve_uri,
+)
+from shoal.runtime.settings import add_arguments, from_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def parse(argv: list[str], env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return from_args(parser.parse_args(argv), env or {})
+
+
+def test_defaults() -> None:
+    s = parse(["examples.adder:Adder"])
+    assert (s.host, s.port, s.device) == ("0.0.0.0", 8000, "auto")
+    assert s.models == [ModelSpec(name="adder", target="examples.adder:Adder")]
+    assert s.batch_overrides() == {
+        "max_batch_size": None,
+        "batch_wait_timeout_s": None,
+        "max_concurrent_batches": None,
+        "max_queue_size": None,
+    }
+
+
+def test_env_only_as_the_operator_starts_pods() -> None:
+    env = {
+        "SHOAL_MODEL_CLASS": "examples.iris:LogisticIris",
+        "SHOAL_MODEL_NAME": "iris",
+        "SHOAL_MODEL_URI": "/models/iris",
+        "SHOAL_MODEL_CONFIG": '{"C": 0.5}',
+        "SHOAL_HOST": "10.1.2.3",
+        "SHOAL_PORT": "9000",
+        "SHOAL_DEVICE": "cpu",
+        "SHOAL_MAX_BATCH_SIZE": "64",
+        "SHOAL_BATCH_WAIT_TIMEOUT_S": "0.002",
+        "SHOAL_MAX_QUEUE_SIZE": "100",
+        "SHOAL_REQUEST_TIMEOUT_S": "5",
+        "SHOAL_GRACE_PERIOD_S": "12",
+        "SHOAL_LOG_FORMAT": "json",
+    }
+    s = parse([], env)
+    assert s.models == [ModelSpec("iris", "examples.iris:LogisticIris", {"C": 0.5}, "/models/iris")]
+    assert (s.host, s.port, s.device, s.log_format) == ("10.1.2.3", 9000, "cpu", "json")
+    assert s.batch_overrides() == {
+        "max_batch_size": 64,
+        "batch_wait_timeout_s": 0.002,
+        "max_concurrent_batches": None,
+        "max_queue_size": 100,
+    }
+    assert (s.request_timeout_s, s.grace_period_s) == (5.0, 12.0)
+
+
+def test_flags_win_over_env() -> None:
+    env = {"SHOAL_PORT": "9000", "SHOAL_MAX_BATCH_SIZE": "64", "SHOAL_MODEL_CLASS": "a:B"}
+    s = parse(["x.y:Z", "--port", "7000", "--max-batch-size", "8"], env)
+    assert s.port == 7000
+    assert s.batch_overrides()["max_batch_size"] == 8
+    assert s.models[0].target == "x.y:Z"
+
+
+def test_config_pairs_parse_json_values_and_override_config_json() -> None:
+    s = parse(
+        [
+            "m:C",
+            "--config-json",
+            '{"a": 1, "b": "x"}',
+            "--config",
+            "b=2",
+            "--config",
+            "c=[1, 2]",
+            "--config",
+            "d=hello",
+            "--config",
+            "e=true",
+        ]
+    )
+    assert s.models[0].config == {"a": 1, "b": 2, "c": [1, 2], "d": "hello", "e": True}
+    assert parse_config_value("0.5") == 0.5
+    assert parse_config_value("models:/x") == "models:/x"
+
+
+def test_several_named_models_with_targeted_config() -> None:
+    s = parse(["a=m:A", "b=path/to/file.py:B", "--config", "a.k=1", "--config", "b.k=2"])
+    assert [(m.name, m.target, m.config) for m in s.models] == [
+        ("a", "m:A", {"k": 1}),
+        ("b", "path/to/file.py:B", {"k": 2}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], {}, "no model given"),
+        (["a=m:A", "a=m:B"], {}, "two models are named 'a'"),
+        (["a=m:A", "b=m:B", "--model-uri", "/x"], {}, "needs a single model"),
+        (["a=m:A", "b=m:B", "--config", "k=1"], {}, "must be model.key"),
+        (["m:A", "--config", "novalue"], {}, "key=value"),
+        (["m:A"], {"SHOAL_MODEL_CONFIG": "[1]"}, "must be a JSON object"),
+        (["m:A"], {"SHOAL_PORT": "http"}, "SHOAL_PORT='http' is not a valid int"),
+    ],
+)
+def test_usage_errors_say_what_is_wrong(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(LoadError, match=message):
+        parse(argv, env)
+
+
+def test_bare_mlflow_uri_serves_the_pyfunc() -> None:
+    s = parse(["--model-uri", "models:/iris@champion"])
+    assert s.models == [ModelSpec("model", MLFLOW_TARGET, {}, "models:/iris@champion")]
+
+
+def test_default_names() -> None:
+    assert default_name("examples.adder:Adder") == "adder"
+    assert default_name("examples.iris:LogisticIris") == "logistic-iris"
+    assert default_name("path/to/my_model.py:Big_Model") == "big-model"
+
+
+def test_uri_resolution(tmp_path: Path) -> None:
+    assert resolve_uri(tmp_path.as_uri()) == str(tmp_path)
+    assert resolve_uri(str(tmp_path)) == str(tmp_path)
+    assert resolve_uri("models:/iris/1") == "models:/iris/1"
+    assert resolve_uri("s3://bucket/model") == "s3://bucket/model"
+    with pytest.raises(LoadError, match="does not exist"):
+        resolve_uri((tmp_path / "missing").as_uri())
+
+
+def test_file_path_target_uri_kwarg_and_device(tmp_path: Path) -> None:
+    src = tmp_path / "my_model.py"
+    src.write_text(
+        "class WithUri:\n"
+        "    def __init__(self, uri, device, scale=1):\n"
+        "        self.uri, self.device, self.scale = uri, device, scale\n"
+        "    def __call__(self, row):\n"
+        "        return row\n"
+        "class NoUri:\n"
+        "    def __call__(self, row):\n"
+        "        return row\n"
+    )
+    spec = ModelSpec("m", f"{src}:WithUri", {"scale": 3}, tmp_path.as_uri())
+    obj, device = instantiate(spec, "auto")
+    assert (obj.uri, obj.device, obj.scale, device) == (str(tmp_path), "cpu", 3, "cpu")
+    with pytest.raises(LoadError, match="takes no `uri` argument"):
+        instantiate(ModelSpec("m", f"{src}:NoUri", {}, str(tmp_path)), "cpu")
+    with pytest.raises(LoadError, match=r"NoUri\(x=1\) failed"):
+        instantiate(ModelSpec("m", f"{src}:NoUri", {"x": 1}), "cpu")
+    with pytest.raises(LoadError, match="has no attribute 'Missing'"):
+        instantiate(ModelSpec("m", f"{src}:Missing"), "cpu")
+    with pytest.raises(LoadError, match="not found"):
+        instantiate(ModelSpec("m", f"{tmp_path}/nope.py:X"), "cpu")
