@@ -14,7 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("shoal.runtime.cli_demo", "serve the embedded default model and query it"),
     "gateway": ("shoal.runtime.gateway.cli", "route model requests to replicas"),
     "operator": ("shoal.operator.cli", "run the ModelService operator"),
-    "batch-predict": ("shoal.runtime.cli_batch_predict", "run a model over a dataset with Ray Data"),
+    "batch-predict": ("shoal.offline.cli", "run a model over a dataset with Ray Data"),
 }
 
 
