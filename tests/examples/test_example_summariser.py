@@ -1,0 +1,54 @@
+"""examples/summariser.py under `shoal serve`: deterministic summaries, batched."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from shoal.runtime.testing import ServeProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT = (
+    "The city council approved a new budget for public schools on Tuesday after a long "
+    "debate about teacher salaries and classroom sizes."
+)
+OTHERS = [
+    "Heavy snow closed the mountain roads and stranded hundreds of skiers overnight.",
+    "The orchestra performed a new symphony by a young composer to a full concert hall.",
+    "Engineers finished testing the bridge before it opens to traffic next month.",
+]
+
+
+async def test_summaries_are_short_extractive_and_deterministic() -> None:
+    with ServeProcess("summariser=examples.summariser:Summariser", cwd=ROOT) as proc:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=60) as client:
+            r = await client.post("/v1/models/summariser:predict", json={"instances": [TEXT]})
+            assert r.status_code == 200, r.text
+            (summary,) = r.json()["predictions"]
+            assert summary == "council approved budget public schools teacher salaries classroom"
+
+            # Concurrent requests are batched together and give the same answers as alone.
+            alone = [
+                (
+                    await client.post("/v1/models/summariser:predict", json={"instances": [t]})
+                ).json()["predictions"][0]
+                for t in OTHERS
+            ]
+            together = await asyncio.gather(
+                *(
+                    client.post("/v1/models/summariser:predict", json={"instances": [t]})
+                    for t in OTHERS
+                )
+            )
+            assert [t.json()["predictions"][0] for t in together] == alone
+            for text, s in zip(OTHERS, alone, strict=True):
+                assert 0 < len(s.split()) <= 8
+                assert all(w in text for w in s.split())
+
+            body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXT]}]}
+            r = await client.post("/v2/models/summariser/infer", json=body)
+            assert r.json()["outputs"][0]["data"] == [summary]
+            batch = await client.get("/metrics")
+            assert 'shoal_batch_size_count{model="summariser"}' in batch.text
