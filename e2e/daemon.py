@@ -28,6 +28,7 @@ from e2e.kube import Kube
 from e2e.kubelet import server as kubelet_server
 from e2e.kubelet.container import Backoff
 from e2e.kubelet.kubelet import Kubelet
+from e2e.kubelet.services import ServiceProxy, serve_dns
 from e2e.kubelet.volumes import remove_mount_points
 from e2e.layout import MAX_SLOTS, NODE_NAMES, Slot, state_root
 
@@ -119,6 +120,9 @@ async def _run_nodes(
     kube = Kube(slot.api_url, keys)
     kubelet = Kubelet(kube, slot, Backoff())
     kubelet.start()
+    proxy = ServiceProxy(kube, slot)
+    proxy_task = asyncio.create_task(proxy.run(stop))
+    dns_task = asyncio.create_task(serve_dns(slot.bridge_ip, proxy, stop))
     server = asyncio.create_task(
         kubelet_server.serve(
             slot.bridge_ip, keys.apiserver_crt, keys.apiserver_key, kubelet.log_path, stop
@@ -140,7 +144,7 @@ async def _run_nodes(
         log.info("stopping pods and nodes")
         stop.set()
         await kubelet.shutdown(grace_s=2.0)
-        await server
+        await asyncio.gather(server, proxy_task, dns_task, return_exceptions=True)
         await kube.aclose()
 
 

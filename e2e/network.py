@@ -1,8 +1,9 @@
 """Pod networking: one host bridge per cluster and one network namespace + veth pair per pod.
 
-Every address involved (the bridge's, the pods') lies in the slot's private pod network, and a
-blackhole route for the Service network makes sure a packet to a ClusterIP (no kube-proxy here)
-dies on the host instead of following the default route out of the machine.
+Every address involved (the bridge's, the pods') lies in the slot's private pod network. Service
+ClusterIPs that exist are extra /32 addresses on the bridge (the harness's userspace service
+proxy listens there); a blackhole route for the rest of the Service network makes sure no packet
+to a Service address ever follows the default route out of the machine.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def setup_bridge(slot: Slot) -> None:
     _ip("route", "add", "blackhole", str(slot.service_network))
 
 
+def add_service_ip(slot: Slot, ip: str) -> None:
+    _ip("addr", "add", f"{ip}/32", "dev", slot.bridge)
+
+
+def del_service_ip(slot: Slot, ip: str) -> None:
+    _ip("addr", "del", f"{ip}/32", "dev", slot.bridge, check=False)
+
+
 def netns_names(slot: Slot) -> list[str]:
     out = _ip("netns", "list", check=False).stdout
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
@@ -68,6 +77,8 @@ def add_pod_netns(slot: Slot, netns: str, veth: str, ip: str) -> None:
         _ip("-n", netns, "addr", "add", f"{ip}/{slot.pod_network.prefixlen}", "dev", "eth0")
         _ip("-n", netns, "link", "set", "eth0", "up")
         _ip("-n", netns, "link", "set", "lo", "up")
+        # ClusterIPs live on the host (the harness's service proxy): reach them via the bridge.
+        _ip("-n", netns, "route", "add", str(slot.service_network), "via", slot.bridge_ip)
     except HarnessError:
         delete_pod_netns(netns)
         raise

@@ -11,6 +11,7 @@ import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from e2e import network
 from e2e.kube import ApiError, Kube, Obj
@@ -25,6 +26,7 @@ from e2e.kubelet.podspec import (
     mapped_entrypoint,
     unmapped_message,
 )
+from e2e.kubelet.services import resolv_conf
 from e2e.kubelet.volumes import ensure_mount_points, materialize, mounts_for
 from e2e.layout import Slot
 
@@ -134,9 +136,12 @@ class PodWorker:
                 facts = PodFacts(self.pod, self.ip, self.ctx.host_ip, self.ctx.allocatable)
                 await materialize(self.ctx.kube, resolver, facts, self.dir / "volumes")
                 launches: dict[str, Launch] = {}
+                etc_mounts = self._etc_files()
                 for r in self.init + self.apps:
                     env = await container_env(resolver, facts, r.spec, self.ctx.service_env)
                     mounts = mounts_for(self.pod, r.spec, self.dir / "volumes")
+                    taken = {m["target"] for m in mounts}
+                    mounts = [m for m in etc_mounts if m["target"] not in taken] + mounts
                     ensure_mount_points(mounts, self.ctx.mount_record)
                     launches[r.name] = Launch(
                         argv=container_argv(r.spec, env),
@@ -153,6 +158,25 @@ class PodWorker:
                 for r in self.init + self.apps:
                     r.set_waiting("CreateContainerConfigError", str(exc))
                 await asyncio.sleep(2)
+
+    def _etc_files(self) -> list[dict[str, Any]]:
+        """/etc/hosts (pod name -> pod IP) and /etc/resolv.conf (cluster DNS) for the pod."""
+        meta = self.pod["metadata"]
+        etc = self.dir / "etc"
+        etc.mkdir(parents=True, exist_ok=True)
+        hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{self.ip}\t{meta['name']}\n"
+        (etc / "hosts").write_text(hosts)
+        mounts = [{"source": str(etc / "hosts"), "target": "/etc/hosts", "readonly": False}]
+        if self.pod["spec"].get("dnsPolicy", "ClusterFirst") != "Default":
+            (etc / "resolv.conf").write_text(resolv_conf(meta["namespace"], self.ctx.host_ip))
+            mounts.append(
+                {
+                    "source": str(etc / "resolv.conf"),
+                    "target": "/etc/resolv.conf",
+                    "readonly": False,
+                }
+            )
+        return mounts
 
     # --- status --------------------------------------------------------------------------
 

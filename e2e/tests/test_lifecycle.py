@@ -133,7 +133,8 @@ def test_crashing_container_is_restarted_with_exit_code_and_message(
 
     def restarted(p: Any) -> bool:
         cs = p["status"]["containerStatuses"][0]
-        return bool(cs["restartCount"] >= 2 and cs["lastState"].get("terminated"))
+        waiting = cs["state"].get("waiting", {}).get("reason") == "CrashLoopBackOff"
+        return bool(cs["restartCount"] >= 2 and waiting and cs["lastState"].get("terminated"))
 
     pod = pod_when(k8s_cluster, ns, "crash", restarted)
     cs = pod["status"]["containerStatuses"][0]

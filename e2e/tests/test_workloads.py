@@ -188,3 +188,56 @@ def test_unmapped_image_waits_with_a_clear_reason(k8s_cluster: Cluster, k8s_name
     message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
     assert "nginx:1.27 is not mapped to a local installation" in message
     assert pod["status"]["phase"] == "Pending"
+
+
+CLIENT = r"""
+import json, socket, urllib.request
+seen = set()
+for url in ["http://web/", "http://web.{ns}.svc.cluster.local/"] * 5:
+    seen.add(json.load(urllib.request.urlopen(url, timeout=5))["pod"])
+try:
+    socket.getaddrinfo("example.com", 80)
+    outside = "resolved"
+except socket.gaierror:
+    outside = "nxdomain"
+open("/dev/termination-log", "w").write(json.dumps({"seen": sorted(seen), "outside": outside}))
+"""
+
+
+def test_service_cluster_ip_and_dns(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    ns = k8s_namespace
+    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.service("web"))
+    k8s_cluster.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=manifests.deployment("web", 2, manifests.server_container()),
+    )
+    wait_ready_ips(k8s_cluster, ns, "web", 2)
+    cluster_ip = k8s_cluster.get_json("service", "-n", ns, "web")["spec"]["clusterIP"]
+    # From the host, the ClusterIP answers through the harness's service proxy.
+    resp = httpx.get(f"http://{cluster_ip}/", timeout=5, trust_env=False)
+    assert resp.json()["pod"].startswith("web-")
+    client = {
+        "name": "client",
+        "image": "python:3.11",
+        "command": ["python", "-c", CLIENT.replace("{ns}", ns)],
+    }
+    k8s_cluster.kubectl(
+        "apply", "-n", ns, "-f", "-", input=manifests.pod("client", [client], restartPolicy="Never")
+    )
+    done = pod_when(
+        k8s_cluster, ns, "client", lambda p: p["status"].get("phase") in ("Succeeded", "Failed")
+    )
+    term = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert done["status"]["phase"] == "Succeeded", (term, k8s_cluster.pod_log(ns, "client"))
+    result = json.loads(term["message"])
+    pods = {
+        p["metadata"]["name"]
+        for p in k8s_cluster.get_json("pods", "-n", ns, "-l", "app=web")["items"]
+    }
+    assert result["seen"]
+    assert set(result["seen"]) <= pods
+    assert result["outside"] == "nxdomain"  # cluster DNS never forwards outside
