@@ -9,7 +9,7 @@ from typing import Any
 
 from bench import loadgen
 from bench.mlp import read_counter_file
-from bench.procs import get
+from bench.procs import get, group_cpu_seconds
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class Measurement:
     mean_batch: float
     server_reported_mean_batch: float | None
     generator: str
+    server_cpu_s: float = 0.0
+    """CPU time (user+sys) of the server's process groups during the measurement window."""
+    cpu_ms_per_request: float = 0.0
     round: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,6 +80,7 @@ def measure(
     stats_path: str,
     plan: LoadPlan,
     metrics_url: str | None = None,
+    pgids: tuple[int, ...] = (),
 ) -> Measurement:
     if plan.warmup_s > 0:
         loadgen.run(
@@ -85,10 +89,12 @@ def measure(
         )
     calls0, rows0 = read_counter_file(stats_path)
     hist0 = scrape_batch_histogram(metrics_url) if metrics_url else None
+    cpu0 = group_cpu_seconds(pgids)
     res = loadgen.run(
         loadgen.Load(url, body, plan.connections, plan.duration_s, plan.wrk_threads),
         plan.generator,
     )
+    cpu1 = group_cpu_seconds(pgids)
     calls1, rows1 = read_counter_file(stats_path)
     hist1 = scrape_batch_histogram(metrics_url) if metrics_url else None
     calls, rows = calls1 - calls0, rows1 - rows0
@@ -114,4 +120,6 @@ def measure(
         mean_batch=rows / calls if calls else 0.0,
         server_reported_mean_batch=reported,
         generator=res.generator,
+        server_cpu_s=cpu1 - cpu0,
+        cpu_ms_per_request=(cpu1 - cpu0) * 1e3 / res.requests if res.requests else 0.0,
     )

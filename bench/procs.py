@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,36 @@ class ServerSpec:
     start_timeout_s: float = 90.0
 
 
+@dataclass(frozen=True)
+class Server:
+    base: str  # http://127.0.0.1:port
+    pgid: int  # its process group: the server and every helper process it started
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgids: Iterable[int]) -> float:
+    """User + system CPU time of every live process in these process groups, from /proc.
+
+    Under a noisy shared machine, CPU per request is steadier than requests per second."""
+    wanted = set(pgids)
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue  # exited meanwhile
+        # Fields after the parenthesised command name (which may hold spaces): state ppid pgrp ..
+        rest = stat[stat.rindex(")") + 2 :].split()
+        if int(rest[2]) in wanted:
+            total += int(rest[11]) + int(rest[12])  # utime, stime
+    return total / _CLK_TCK
+
+
 def post(url: str, body: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
     req = urllib.request.Request(
         url, data=body, method="POST", headers={"Content-Type": "application/json"}
@@ -57,8 +87,8 @@ def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
 
 
 @contextlib.contextmanager
-def running(spec: ServerSpec, log_dir: Path, cwd: Path) -> Iterator[str]:
-    """Start the server, yield its base URL once a real request succeeds, then stop it."""
+def running(spec: ServerSpec, log_dir: Path, cwd: Path) -> Iterator[Server]:
+    """Start the server, yield it once a real request succeeds, then stop it."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{spec.name}.log"
     base = f"http://127.0.0.1:{spec.port}"
@@ -73,7 +103,7 @@ def running(spec: ServerSpec, log_dir: Path, cwd: Path) -> Iterator[str]:
         )
         try:
             _wait_ready(proc, spec, base, log_path)
-            yield base
+            yield Server(base, proc.pid)
         finally:
             _stop(proc, spec.name)
 

@@ -27,7 +27,7 @@ def _find(
 
 
 _KEY = ("workload", "server", "protocol", "connections")
-_MEDIANS = ("rps", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "mean_batch")
+_MEDIANS = ("rps", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "mean_batch", "cpu_ms_per_request")
 
 
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -55,6 +55,13 @@ def _ratio(a: float, ref: dict[str, Any] | None) -> str:
     if ref is None or not ref["rps"]:
         return "-"
     return f"{a / ref['rps']:.1f}x"
+
+
+def _cpu_ratio(r: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    """How many times fewer server CPU-seconds a request costs than on `ref`."""
+    if ref is None or not r["cpu_ms_per_request"]:
+        return "-"
+    return f"{ref['cpu_ms_per_request'] / r['cpu_ms_per_request']:.1f}x"
 
 
 def _rps(r: dict[str, Any]) -> str:
@@ -98,7 +105,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"connections from {', '.join(gen)} (-t{doc['load']['wrk_threads']}), "
         f"{doc['load']['warmup_s']:g} s warm-up then {doc['load']['duration_s']:g} s measured "
         f"per row, one server at a time{_rounds(doc)}. Mean batch = rows/calls counted inside "
-        "the model (same instrument in every server).\n",
+        "the model (same instrument in every server). Server CPU = user+sys time of the "
+        "server's whole process group (for the gateway: gateway + replica) in the window.\n",
     ]
     for wname, wl in doc["workloads"].items():
         limit = doc["limits"].get(wname, {}).get("rows_per_s", 0.0)
@@ -108,9 +116,10 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append(f"\n### {wname}: {wl['what']}; model-bound limit {limit:,.0f} rows/s\n\n")
         out.append(
             "| server | protocol | req/s | p50 ms | p99 ms | errors | mean batch "
-            "| vs Ray Serve | vs KServe | vs floor | % of limit |\n"
+            "| server CPU ms/req | vs Ray Serve | vs KServe | vs floor | % of limit "
+            "| vs Ray Serve, per CPU-s |\n"
         )
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
         for r in rows:
             if r["workload"] != wname or r["connections"] != conns:
                 continue
@@ -118,8 +127,9 @@ def markdown(doc: dict[str, Any]) -> str:
             out.append(
                 f"| {r['server']} | {r['protocol'].upper()} | {_rps(r)} "
                 f"| {_fmt_ms(r['p50_ms'])} | {_fmt_ms(r['p99_ms'])} | {r['errors']} "
-                f"| {r['mean_batch']:.1f} | {_ratio(r['rps'], ray)} | {_ratio(r['rps'], ks)} "
-                f"| {_ratio(r['rps'], floor)} | {pct} |\n"
+                f"| {r['mean_batch']:.1f} | {r['cpu_ms_per_request']:.3f} "
+                f"| {_ratio(r['rps'], ray)} | {_ratio(r['rps'], ks)} "
+                f"| {_ratio(r['rps'], floor)} | {pct} | {_cpu_ratio(r, ray)} |\n"
             )
     gw_lines = []
     for wname in doc["workloads"]:

@@ -29,7 +29,7 @@ from typing import Any
 from bench import loadgen, report, servers
 from bench.measure import LoadPlan, Measurement, measure
 from bench.mlp import create_counter_file
-from bench.procs import ServerSpec, post, running
+from bench.procs import Server, ServerSpec, post, running
 from bench.workloads import WORKLOADS, Workload, body, check_answer
 
 log = logging.getLogger("bench")
@@ -159,12 +159,16 @@ def _measure_endpoints(
     run: Run,
     wl: Workload,
     server: str,
-    base: str,
+    target: Server,
     endpoints: list[servers.Endpoint],
     stats: str,
     connections: int,
     metrics_url: str | None = None,
+    also_pgids: tuple[int, ...] = (),
 ) -> None:
+    """Check and load each endpoint of `target`; CPU is counted over its process group and
+    `also_pgids` (the replica behind a gateway)."""
+    base = target.base
     expected = run.limits[wl.name]["expected"]
     plan = LoadPlan(
         connections,
@@ -187,9 +191,11 @@ def _measure_endpoints(
             stats_path=stats,
             plan=plan,
             metrics_url=metrics_url,
+            pgids=(target.pgid, *also_pgids),
         )
         log.info(
-            "%s %-14s %s c=%d: %.0f req/s p50 %.2f ms p99 %.2f ms batch %.1f errors %d",
+            "%s %-14s %s c=%d: %.0f req/s p50 %.2f ms p99 %.2f ms batch %.1f errors %d, "
+            "server CPU %.3f ms/req",
             wl.name,
             server,
             ep.protocol,
@@ -199,6 +205,7 @@ def _measure_endpoints(
             m.p99_ms,
             m.mean_batch,
             m.errors,
+            m.cpu_ms_per_request,
         )
         run.rows.append(dataclasses.replace(m, round=run.round))
 
@@ -211,10 +218,8 @@ def _simple_peer(
 ) -> None:
     stats = run.stats_file(f"{wl.name}-{name}")
     spec, endpoints = make(wl.hidden, run.settings.knobs, stats)
-    with running(spec, run.log_dir / wl.name, servers.ROOT) as base:
-        _measure_endpoints(
-            run, wl, spec.name, base, endpoints, stats, run.settings.plan.connections
-        )
+    with running(spec, run.log_dir / wl.name, servers.ROOT) as srv:
+        _measure_endpoints(run, wl, spec.name, srv, endpoints, stats, run.settings.plan.connections)
 
 
 def _shoal_and_gateway(run: Run, wl: Workload, with_gateway: bool) -> None:
@@ -222,21 +227,24 @@ def _shoal_and_gateway(run: Run, wl: Workload, with_gateway: bool) -> None:
     s = run.settings
     stats = run.stats_file(f"{wl.name}-shoal")
     spec, endpoints = servers.shoal(wl.hidden, s.knobs, stats)
-    with running(spec, run.log_dir / wl.name, servers.ROOT) as base:
-        metrics = base + "/metrics"
-        _measure_endpoints(run, wl, "shoal", base, endpoints, stats, s.plan.connections, metrics)
+    with running(spec, run.log_dir / wl.name, servers.ROOT) as replica:
+        metrics = replica.base + "/metrics"
+        _measure_endpoints(run, wl, "shoal", replica, endpoints, stats, s.plan.connections, metrics)
         if not with_gateway:
             return
-        gw_spec = servers.shoal_gateway(base, stats)
+        gw_spec = servers.shoal_gateway(replica.base, stats)
         with running(gw_spec, run.log_dir / wl.name, servers.ROOT) as gw:
+            behind = (replica.pgid,)
             _measure_endpoints(
-                run, wl, "shoal-gateway", gw, endpoints, stats, s.plan.connections, metrics
+                run, wl, "shoal-gateway", gw, endpoints, stats, s.plan.connections, metrics, behind
             )
             # The latency the gateway adds, at moderate load (queueing hides it at saturation).
             v2 = [ep for ep in endpoints if ep.protocol == "v2"]
-            _measure_endpoints(run, wl, "shoal", base, v2, stats, s.moderate_connections, metrics)
             _measure_endpoints(
-                run, wl, "shoal-gateway", gw, v2, stats, s.moderate_connections, metrics
+                run, wl, "shoal", replica, v2, stats, s.moderate_connections, metrics
+            )
+            _measure_endpoints(
+                run, wl, "shoal-gateway", gw, v2, stats, s.moderate_connections, metrics, behind
             )
 
 
