@@ -100,12 +100,16 @@ def setup(spec: dict[str, Any]) -> None:
     hostname = spec["hostname"].encode()[:64]
     _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
     termination = spec.get("termination_log") or {}
-    _private_dev(spec["host_dev_view"], termination.get("target"))
     mounts: list[dict[str, Any]] = sorted(spec["mounts"], key=lambda m: len(m["target"]))
     if termination.get("target"):
         mounts.append({"source": termination["source"], "target": termination["target"]})
-    for m in mounts:
-        _bind(m["source"], m["target"], bool(m.get("readonly")))
+    # Hold every source open first: a volume mounted over e.g. /tmp would otherwise hide the
+    # sources (in the run dir) of the mounts after it. Mounting /proc/self/fd/N binds the file.
+    fds = [os.open(m["source"], os.O_PATH) for m in mounts]
+    _private_dev(spec["host_dev_view"], termination.get("target"))
+    for m, fd in zip(mounts, fds, strict=True):
+        _bind(f"/proc/self/fd/{fd}", m["target"], bool(m.get("readonly")))
+        os.close(fd)
 
 
 def main() -> None:

@@ -128,8 +128,14 @@ def test_crashing_container_is_restarted_with_exit_code_and_message(
 ) -> None:
     ns = k8s_namespace
     script = "open('/dev/termination-log', 'w').write('boom'); raise SystemExit(3)"
-    c = {"name": "c", "image": "python:3.11", "command": ["python", "-c", script]}
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.pod("crash", [c]))
+    c = {
+        "name": "c",
+        "image": "python:3.11",
+        "command": ["python", "-c", script],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    manifest = manifests.pod("crash", [c], volumes=[{"name": "tmp", "emptyDir": {}}])
+    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
 
     def restarted(p: Any) -> bool:
         cs = p["status"]["containerStatuses"][0]

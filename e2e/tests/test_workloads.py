@@ -94,7 +94,8 @@ def test_env_volumes_and_in_cluster_api_access(k8s_cluster: Cluster, k8s_namespa
         ],
         volumeMounts=[
             {"name": "cfg", "mountPath": "/etc/shoal-e2e-cfg"},
-            {"name": "scratch", "mountPath": "/scratch"},
+            # Over /tmp, where the run dir (the other volumes' sources) lives: must still work.
+            {"name": "scratch", "mountPath": "/tmp"},
         ],
     )
     volumes = [
