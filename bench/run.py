@@ -273,6 +273,29 @@ def _peer_step(run: Run, wl: Workload, peer: str) -> Callable[[], None] | None:
     return None  # gateway alongside shoal: measured against the same replica as shoal
 
 
+def _sample_limit(run: Run, wl: Workload, samples: list[float]) -> None:
+    lim = model_limit(wl, run.settings)
+    samples.append(lim["rows_per_s"])
+    run.limits[wl.name] = {**lim, "rows_per_s": statistics.median(samples), "samples": samples}
+    log.info("%s round %d: model-bound limit %.0f rows/s", wl.name, run.round, lim["rows_per_s"])
+
+
+def _run_workload(run: Run, wl: Workload) -> None:
+    """Every round: the limit, each peer, the limit again (the table uses the median sample,
+    taken under the same background load as the servers)."""
+    samples: list[float] = []
+    peers = run.settings.peers
+    for rnd in range(run.settings.rounds):
+        run.round = rnd
+        _sample_limit(run, wl, samples)
+        # Reversing the order on odd rounds spreads slow drifts of the machine's load.
+        for peer in peers if rnd % 2 == 0 else list(reversed(peers)):
+            step = _peer_step(run, wl, peer)
+            if step is not None:
+                _attempt(run, wl, peer, step)
+        _sample_limit(run, wl, samples)
+
+
 def machine_notes() -> dict[str, Any]:
     cpu = ""
     try:
@@ -326,23 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as tmp:
         run = Run(s, s.out_dir / "logs" / stamp, Path(tmp))
         for name in s.workloads:
-            wl = WORKLOADS[name]
-            samples = []
-            for rnd in range(s.rounds):
-                run.round = rnd
-                lim = model_limit(wl, s)
-                samples.append(lim["rows_per_s"])
-                run.limits[name] = {
-                    **lim,
-                    "rows_per_s": statistics.median(samples),
-                    "samples": samples,
-                }
-                log.info("%s round %d: model-bound limit %.0f rows/s", name, rnd, lim["rows_per_s"])
-                # Reversing the order on odd rounds spreads slow drifts of the machine's load.
-                for peer in s.peers if rnd % 2 == 0 else list(reversed(s.peers)):
-                    step = _peer_step(run, wl, peer)
-                    if step is not None:
-                        _attempt(run, wl, peer, step)
+            _run_workload(run, WORKLOADS[name])
     notes["loadavg_end"] = os.getloadavg()
     result = {
         "started": started.isoformat(timespec="seconds"),

@@ -62,6 +62,8 @@ def test_floor_run_writes_json_and_table(tmp_path: Path) -> None:
     # window: a batch may straddle its edges) and batches were formed.
     assert row["model_rows"] >= row["requests"] * 0.9
     assert 1.0 <= row["mean_batch"] <= 32
+    assert row["server_cpu_s"] > 0
+    assert row["cpu_ms_per_request"] > 0
     (summary,) = doc["summary"]
     assert summary["rps"] == row["rps"]
 
