@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_SLOTS = 4
+MAX_SLOTS = 8
 NODE_NAMES: tuple[str, ...] = ("cpu-0", "cpu-1", "gpu-0", "gpu-1")
 GPUS_PER_GPU_NODE = 2
 
