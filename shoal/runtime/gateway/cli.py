@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 
+from shoal.runtime.gateway.discovery.static import parse_upstream_url
 from shoal.runtime.gateway.settings import (
     GatewaySettings,
     HttpSettings,
@@ -23,7 +25,8 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = GatewaySettings()
     parser.add_argument("--host", default=d.host)
-    parser.add_argument("--port", type=int, default=d.port)
+    parser.add_argument("--port", type=int, default=d.port, help="0: any free port")
+    parser.add_argument("--port-file", help="write the bound port here once listening")
     parser.add_argument(
         "--upstream",
         action="append",
@@ -70,6 +73,10 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         name, sep, url = item.partition("=")
         if not sep or not name or not url:
             raise SystemExit(f"--upstream {item!r}: expected NAME=http://host:port")
+        try:
+            parse_upstream_url(url)
+        except ValueError as exc:
+            raise SystemExit(f"--upstream {item!r}: {exc}") from None
         urls.setdefault(name, []).append(url)
     for name in args.model:
         urls.setdefault(name, [])
@@ -106,11 +113,13 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
     )
 
 
-async def _serve(settings: GatewaySettings) -> None:
+async def _serve(settings: GatewaySettings, port_file: str | None = None) -> None:
     from shoal.runtime.gateway.app import GatewayApp
 
     app = GatewayApp(settings)
-    await app.start()
+    port = await app.start()
+    if port_file is not None:
+        await asyncio.to_thread(Path(port_file).write_text, str(port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -129,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, args.port_file))
     else:
         with contextlib.suppress(KeyboardInterrupt):
-            uvloop.run(_serve(settings))
+            uvloop.run(_serve(settings, args.port_file))
     return 0
