@@ -113,6 +113,12 @@ class Cluster:
         return path.read_text(errors="replace") if path.exists() else ""
 
     @property
+    def host_ip(self) -> str:
+        """The bridge address: the host as pods see it (bind a test server here to reach it
+        from pods; loopback is not reachable from a pod's network namespace)."""
+        return self.api_url.split("//", 1)[1].rsplit(":", 1)[0]
+
+    @property
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
 

@@ -247,8 +247,12 @@ class ControlPlane:
             c.stop()
 
 
+_OURS = (b"etcd", b"kube-apiserver", b"kube-controller-manager", b"kube-scheduler")
+
+
 def processes_under(path: Path) -> list[int]:
-    """Pids of processes whose command line mentions path (the components of a slot's run)."""
+    """Pids of the components (and not yet exec'd container launchers) of the slot whose run dir
+    is path: recognised by program name and the run dir in their arguments."""
     me = os.getpid()
     needle = str(path).encode()
     found: list[int] = []
@@ -259,7 +263,9 @@ def processes_under(path: Path) -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if needle in cmdline:
+        argv = cmdline.split(b"\0")
+        ours = argv[0].rsplit(b"/", 1)[-1] in _OURS or any(a.endswith(b"launcher.py") for a in argv)
+        if needle in cmdline and ours:
             found.append(int(entry))
     return found
 

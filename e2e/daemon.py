@@ -78,6 +78,24 @@ def clean_slot(slot: Slot, keep_logs: bool = False) -> list[str]:
     return removed
 
 
+def sweep_free_slots(except_index: int) -> list[str]:
+    """Cleans crashed runs' leftovers in every other slot that nobody holds."""
+    removed: list[str] = []
+    for i in range(MAX_SLOTS):
+        other = Slot(i)
+        if i == except_index:
+            continue
+        lock = lock_slot(other)
+        if lock is None:
+            continue
+        try:
+            if network.leftovers(other) or controlplane.processes_under(other.root):
+                removed += [f"slot {i}: {item}" for item in clean_slot(other, keep_logs=True)]
+        finally:
+            lock.close()
+    return removed
+
+
 class Reporter:
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -167,6 +185,7 @@ def serve(args: argparse.Namespace) -> int:
         reporter.send(error=f"no free cluster slot among {list(indices)} (each is locked)")
         return 3
     removed = clean_slot(slot)
+    removed += sweep_free_slots(except_index=slot.index)
     slot.log_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         filename=slot.log_dir / "cluster.log",

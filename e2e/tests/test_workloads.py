@@ -75,7 +75,7 @@ def test_deployment_three_replicas_answer_at_their_endpoint_ips(
     assert {a["pod"] for a in answers.values()} == {p["metadata"]["name"] for p in pods}
     for p in pods:
         assert p["status"]["phase"] == "Running"
-        assert p["status"]["hostIP"] == k8s_cluster.api_url.split("//")[1].split(":")[0]
+        assert p["status"]["hostIP"] == k8s_cluster.host_ip
         assert p["spec"]["nodeName"].startswith("cpu-")  # GPU nodes are tainted
 
 
