@@ -51,6 +51,8 @@ class FakeReplica:
     seen: list[Seen] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    prediction: object = None
+    """When set, answer like a KServe V1 model: {"predictions": [prediction]}."""
     port: int = 0
     server: uvicorn.Server | None = None
     task: asyncio.Task[None] | None = None
@@ -98,6 +100,9 @@ class FakeReplica:
             while (chunk := await self.chunks.get()) is not None:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+            return
+        if self.prediction is not None:
+            await _send_json(send, 200, {"predictions": [self.prediction]}, [])
             return
         await _send_json(
             send,

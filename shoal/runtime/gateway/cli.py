@@ -9,6 +9,7 @@ import logging
 import signal
 from pathlib import Path
 
+from shoal.runtime import logs
 from shoal.runtime.gateway.discovery.static import parse_upstream_url
 from shoal.runtime.gateway.settings import (
     GatewaySettings,
@@ -65,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--request-read-timeout-s", type=float, default=d.http.request_read_timeout_s
     )
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
@@ -130,10 +132,7 @@ async def _serve(settings: GatewaySettings, port_file: str | None = None) -> Non
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    logs.configure(args.log_format, args.log_level)
     settings = settings_from_args(args)
     try:
         import uvloop
