@@ -17,13 +17,25 @@ from typing import Any, get_args
 
 from shoal.offline.pipeline import BatchPredictConfig, InputError, batch_predict, check_target
 from shoal.offline.predictor import BatchFormat, PredictorOptions, RowError, RowFormat
-from shoal.runtime.loading import LoadError, parse_config_json, parse_config_pairs
+from shoal.runtime.loading import (
+    MLFLOW_TARGET,
+    LoadError,
+    is_mlflow_uri,
+    parse_config_json,
+    parse_config_pairs,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help="module:Class or path/to/file.py:Class")
+    parser.add_argument(
+        "target",
+        nargs="?",
+        default=None,
+        help="module:Class or path/to/file.py:Class (optional with an MLflow --model-uri: the "
+        "registered pyfunc itself is run)",
+    )
     parser.add_argument("--input", required=True, help="a .csv, .parquet or .jsonl file or folder")
     parser.add_argument("--output", required=True, help="a parquet folder to write")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -67,8 +79,13 @@ def config_from_args(args: argparse.Namespace) -> BatchPredictConfig:
     columns = (
         tuple(c.strip() for c in args.input_columns.split(",")) if args.input_columns else None
     )
+    target = args.target
+    if target is None:
+        if not is_mlflow_uri(args.model_uri):
+            raise ValueError("give a model class (module:Class) or an MLflow --model-uri")
+        target = MLFLOW_TARGET
     return BatchPredictConfig(
-        target=args.target,
+        target=target,
         config=kwargs,
         model_uri=args.model_uri,
         batch_size=args.batch_size,
