@@ -77,6 +77,8 @@ class Reconciler:
         self.monotonic = monotonic
         self._kube: Kube | None = None
         self.states: dict[Key, _ObjectState] = {}
+        self.passes = 0
+        """Completed reconcile passes (tests wait on it after a restart)."""
 
     @property
     def kube(self) -> Kube:
@@ -123,7 +125,10 @@ class Reconciler:
         key: Key = (md["namespace"], md["name"])
         state = self.state(key)
         async with state.lock:
-            await self._sync_locked(body, state, logger)
+            try:
+                await self._sync_locked(body, state, logger)
+            finally:
+                self.passes += 1
 
     async def _sync_locked(self, body: Mapping[str, Any], state: _ObjectState, logger: Log) -> None:
         md = body["metadata"]
@@ -255,6 +260,20 @@ def _owner_key(body: Mapping[str, Any]) -> Key | None:
     return (str(md.get("namespace")), str(name)) if name else None
 
 
+class _OwnedEventFilter(logging.Filter):
+    """kopf logs every event handler's success at INFO; for pod/deployment pokes that is one
+    line per pod status change, so those lines are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Handler 'owned' succeeded" not in record.getMessage()
+
+
+def _quiet_owned_events() -> None:
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, _OwnedEventFilter) for f in objects.filters):
+        objects.addFilter(_OwnedEventFilter())
+
+
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings) -> None:
     """kopf's own settings: progress and diff-base in annotations (status stays ours and
     schema-checked), peering by random priority unless standalone, quiet kopf Events."""
@@ -284,13 +303,18 @@ def register(
 ) -> tuple[kopf.OperatorRegistry, Reconciler]:
     """Build a registry with every handler (nothing is registered at import time)."""
     registry = registry if registry is not None else kopf.OperatorRegistry()
+    _quiet_owned_events()
     rec = Reconciler(settings)
     msvc = (api.GROUP, api.VERSION, api.PLURAL)
     managed = {res.MANAGED_BY_LABEL: res.MANAGED_BY}
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same sources as kube.py: in-cluster account, else $KUBECONFIG / ~/.kube/config.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_kopf(settings, rec.settings)
+    async def startup(**_: Any) -> None:
         await rec.start()
 
     @kopf.on.cleanup(registry=registry)
@@ -311,8 +335,8 @@ def register(
     async def monitor(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Log, **_: Any) -> None:
         await rec.monitor(body, stopped, logger)
 
-    @kopf.on.event("apps", "v1", "deployments", labels=managed, registry=registry)
-    @kopf.on.event("", "v1", "pods", labels=managed, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels=managed, registry=registry, id="owned")
+    @kopf.on.event("", "v1", "pods", labels=managed, registry=registry, id="owned")
     async def owned_changed(body: kopf.Body, **_: Any) -> None:
         key = _owner_key(body)
         if key is not None:
