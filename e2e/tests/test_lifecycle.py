@@ -186,3 +186,56 @@ def test_namespace_deletion_cleans_up(k8s_cluster: Cluster) -> None:
     assert k8s_cluster.kubectl("get", "namespace", ns, check=False).returncode != 0
     existing = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     assert not netns & existing  # the pods' sandboxes are gone too
+
+
+# First run: starts, never becomes live (liveness kills it). Second run: live, listens on 8080.
+PROBED = r"""
+import os, socket, time
+open("/tmp/started", "w").close()
+if not os.path.exists("/tmp/first-run-done"):
+    open("/tmp/first-run-done", "w").close()
+    while True:
+        time.sleep(0.1)
+open("/tmp/alive", "w").close()
+s = socket.create_server((os.environ["POD_IP"], 8080))
+while True:
+    s.accept()[0].close()
+"""
+
+
+def test_exec_and_tcp_probes_startup_liveness_readiness(
+    k8s_cluster: Cluster, k8s_namespace: str
+) -> None:
+    ns = k8s_namespace
+    c = {
+        "name": "c",
+        "image": "python:3.11",
+        "command": ["python", "-c", PROBED],
+        "env": manifests.downward_env(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "startupProbe": {
+            "exec": {"command": ["test", "-f", "/tmp/started"]},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
+        "livenessProbe": {
+            "exec": {"command": ["test", "-f", "/tmp/alive"]},
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        },
+        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+    }
+    manifest = manifests.pod(
+        "probed", [c], volumes=[{"name": "tmp", "emptyDir": {}}], terminationGracePeriodSeconds=1
+    )
+    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+
+    def live_again(p: Any) -> bool:
+        cs = p["status"]["containerStatuses"][0]
+        return bool(cs["restartCount"] == 1 and cs["ready"])
+
+    pod = pod_when(k8s_cluster, ns, "probed", live_again, timeout=90)
+    cs = pod["status"]["containerStatuses"][0]
+    assert cs["started"]
+    assert cs["lastState"]["terminated"]["exitCode"] in (137, 143)  # killed for liveness
+    assert "running" in cs["state"]
