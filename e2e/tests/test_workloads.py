@@ -242,3 +242,34 @@ def test_service_cluster_ip_and_dns(k8s_cluster: Cluster, k8s_namespace: str) ->
     assert result["seen"]
     assert set(result["seen"]) <= pods
     assert result["outside"] == "nxdomain"  # cluster DNS never forwards outside
+
+
+def test_init_container_runs_first_and_shares_volumes(
+    k8s_cluster: Cluster, k8s_namespace: str
+) -> None:
+    ns = k8s_namespace
+    mount = [{"name": "work", "mountPath": "/work-dir"}]
+    init = {
+        "name": "prepare",
+        "image": "python:3.11",
+        "command": ["sh", "-c", "echo prepared > /work-dir/state"],
+        "volumeMounts": mount,
+    }
+    main = {
+        "name": "main",
+        "image": "python:3.11",
+        "command": ["sh", "-c", "cat /work-dir/state > /dev/termination-log"],
+        "volumeMounts": mount,
+    }
+    manifest = manifests.pod(
+        "init",
+        [main],
+        initContainers=[init],
+        restartPolicy="Never",
+        volumes=[{"name": "work", "emptyDir": {}}],
+    )
+    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    pod = pod_when(k8s_cluster, ns, "init", lambda p: p["status"].get("phase") == "Succeeded")
+    assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert term["message"].strip() == "prepared"
