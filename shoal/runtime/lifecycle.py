@@ -126,9 +126,10 @@ class Runtime:
         # each gets a 503 with x-shoal-draining instead of a connection reset. Exit once it has
         # been quiet for drain_quiet_s, or when the grace period ends.
         quiet = self.settings.drain_quiet_s
+        drained_at = time.monotonic()
         while True:
             now = time.monotonic()
-            wake = min(self.plane.last_refused + quiet, grace_ends)
+            wake = min(max(self.plane.last_refused, drained_at) + quiet, grace_ends)
             if now >= wake:
                 break
             await asyncio.sleep(wake - now)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from shoal.runtime.execution import remember_torch_threads
+
 logger = logging.getLogger(__name__)
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
@@ -193,6 +195,7 @@ def instantiate(
             f"model {spec.name!r}: {target.__name__}.__init__ raised {type(exc).__name__}: {exc}"
         ) from exc
     place_on_device(instance, device)
+    remember_torch_threads()
     return instance, device
 
 
