@@ -263,8 +263,9 @@ class ContainerRunner:
             await asyncio.sleep(cfg.period_s)
 
     async def _liveness(self, cfg: ProbeConfig, target: Target) -> None:
-        if not await _never_false(self._probe_until, cfg, target):
-            await self._kill_for("liveness probe failed")
+        # want=False: probes for as long as it succeeds; returns once the failures hit.
+        await self._probe_until(cfg, target, want=False)
+        await self._kill_for("liveness probe failed")
 
     async def _kill_for(self, why: str) -> None:
         log.info("container %s: %s, killing", self.name, why)
@@ -300,14 +301,6 @@ class ContainerRunner:
             if not ok:
                 log.info("preStop hook of %s failed: %s", self.name, msg)
         await self.signal_and_wait(deadline - time.monotonic())
-
-
-async def _never_false(
-    probe_until: Callable[[ProbeConfig, Target, bool], Any], cfg: ProbeConfig, target: Target
-) -> bool:
-    """Liveness: probe forever while successful; returns False when the failure threshold hits."""
-    result: bool = await probe_until(cfg, target, False)
-    return result
 
 
 def _kill_group(pgid: int) -> None:
