@@ -56,6 +56,8 @@ def _start() -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
     if _wanted(session) and _State.cluster is None and _State.error is None:
         _start()
 
