@@ -93,6 +93,8 @@ class ServedModel:
         self.ingress = find_ingress(obj)
         self.inputs: list[dict[str, Any]] = list(getattr(obj, "inputs", None) or [])
         self.outputs: list[dict[str, Any]] = list(getattr(obj, "outputs", None) or [])
+        self.inputs_by_name = {d["name"]: d for d in self.inputs if "name" in d}
+        self.default_output = self.outputs[0]["name"] if self.outputs else "output0"
 
     @property
     def clock(self) -> Clock:

@@ -140,28 +140,7 @@ class ShoalApp:
                     model_name = self._model_label(name)
                     if method != "POST":
                         raise MethodNotAllowed("use POST for infer")
-                    body = await self._body(receive, length)
-                    model = self.plane.model(name)
-                    req = v2.parse_infer(
-                        body,
-                        _int_header(header_len, "inference-header-content-length"),
-                        model.inputs,
-                    )
-                    deadline = self._deadline(model, timeout_ms)
-                    results = await self._infer(model, req.rows, deadline)
-                    default_out = model.outputs[0]["name"] if model.outputs else v2.DEFAULT_OUTPUT
-                    out, json_len = v2.encode_infer(name, req, results, default_out)
-                    if json_len is None:
-                        await _respond(send, 200, out, rid)
-                    else:
-                        await _respond(
-                            send,
-                            200,
-                            out,
-                            rid,
-                            (b"content-type", b"application/octet-stream"),
-                            (b"inference-header-content-length", str(json_len).encode()),
-                        )
+                    await self._v2_infer(name, receive, send, rid, length, header_len, timeout_ms)
                     status = 200
                 elif tail == "ready":
                     ok = self.plane.model_ready(name)
@@ -217,6 +196,35 @@ class ShoalApp:
         except Exception as exc:
             status = await self._error(send, exc, rid)
         self.metrics.observe_request(model_name, protocol, status, time.perf_counter() - start)
+
+    async def _v2_infer(
+        self,
+        name: str,
+        receive: Receive,
+        send: Send,
+        rid: bytes,
+        length: bytes | None,
+        header_len: bytes | None,
+        timeout_ms: bytes | None,
+    ) -> None:
+        body = await self._body(receive, length)
+        model = self.plane.model(name)
+        json_len = _int_header(header_len, "inference-header-content-length")
+        req = v2.parse_infer(body, json_len, model.inputs_by_name)
+        deadline = self._deadline(model, timeout_ms)
+        results = await self._infer(model, req.rows, deadline)
+        out, out_json_len = v2.encode_infer(name, req, results, model.default_output)
+        if out_json_len is None:
+            await _respond(send, 200, out, rid)
+        else:
+            await _respond(
+                send,
+                200,
+                out,
+                rid,
+                (b"content-type", b"application/octet-stream"),
+                (b"inference-header-content-length", str(out_json_len).encode()),
+            )
 
     def _model_label(self, name: str) -> str:
         # Only names we serve become label values: a scan of random names must not grow /metrics.

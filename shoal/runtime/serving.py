@@ -85,6 +85,7 @@ async def serve(
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting middleware on the hot path
         date_header=False,
         timeout_keep_alive=75,  # longer than typical client/gateway pool idle timeouts
         timeout_graceful_shutdown=5,

@@ -9,6 +9,7 @@ that is a dict gives one output tensor per key.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,10 @@ DTYPES: dict[str, Any] = {
     "FP32": np.float32,
     "FP64": np.float64,
     "BYTES": np.object_,
+}
+_NP_DTYPES = {k: np.dtype(v) for k, v in DTYPES.items()}
+_INT_RANGE = {
+    k: (np.iinfo(d).min, np.iinfo(d).max) for k, d in _NP_DTYPES.items() if d.kind in "iu"
 }
 _KIND_OK = {"b": "b", "u": "iu", "i": "iu", "f": "iuf", "O": "USO"}
 _NP_TO_V2 = {np.dtype(v).name: k for k, v in DTYPES.items() if k != "BYTES"}
@@ -79,14 +84,14 @@ def _from_json_data(name: str, datatype: str, data: Any, count: int) -> np.ndarr
             if not isinstance(v, str):
                 raise _fail(f"input {name!r}: BYTES data must be strings, got {type(v).__name__}")
         return arr
-    kind = arr.dtype.kind if arr.size else np.dtype(DTYPES[datatype]).kind
-    target = np.dtype(DTYPES[datatype])
+    target = _NP_DTYPES[datatype]
+    kind = arr.dtype.kind if arr.size else target.kind
     if kind not in _KIND_OK[target.kind]:
         got = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats"}.get(kind, "text")
         raise _fail(f"input {name!r}: datatype {datatype} does not accept {got}")
     if target.kind in "iu" and arr.size:
-        info = np.iinfo(target)
-        if arr.min() < info.min or arr.max() > info.max:
+        low, high = _INT_RANGE[datatype]
+        if arr.min() < low or arr.max() > high:
             raise _fail(f"input {name!r}: a value is out of range for {datatype}")
     return arr.astype(target, copy=False)
 
@@ -118,7 +123,7 @@ def _from_binary(name: str, datatype: str, raw: bytes, count: int) -> np.ndarray
 
 
 def parse_infer(
-    body: bytes, header_length: int | None, declared: list[dict[str, Any]]
+    body: bytes, header_length: int | None, declared: dict[str, dict[str, Any]]
 ) -> InferRequest:
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
@@ -130,7 +135,7 @@ def parse_infer(
     inputs = req.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _fail('the body needs a non-empty "inputs" list')
-    declared_by_name = {d.get("name"): d for d in declared}
+    declared_by_name = declared
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     n_rows: int | None = None
     offset = 0
@@ -151,7 +156,7 @@ def parse_infer(
         shape = _check_shape(name, tensor.get("shape"))
         if declared_by_name:
             _check_declared(name, datatype, shape, declared_by_name)
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         params = tensor.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is not None:
@@ -168,7 +173,7 @@ def parse_infer(
             n_rows = shape[0]
         elif shape[0] != n_rows:
             raise _fail(f"input {name!r}: {shape[0]} rows, but other inputs have {n_rows}")
-    if declared_by_name:
+    if declared_by_name and len(arrays) < len(declared_by_name):
         missing = [
             n
             for n in declared_by_name
@@ -200,17 +205,24 @@ def parse_infer(
 
 
 def _check_declared(
-    name: str, datatype: str, shape: list[int], declared: dict[Any, dict[str, Any]]
+    name: str, datatype: str, shape: list[int], declared: dict[str, dict[str, Any]]
 ) -> None:
     spec = declared.get(name)
     if spec is None:
         raise _fail(f"unknown input {name!r}; the model takes {', '.join(map(repr, declared))}")
-    if spec.get("datatype") and spec["datatype"] != datatype:
-        raise _fail(f"input {name!r}: datatype {datatype}, the model takes {spec['datatype']}")
+    want_type = spec.get("datatype")
+    if want_type and want_type != datatype:
+        raise _fail(f"input {name!r}: datatype {datatype}, the model takes {want_type}")
     want = spec.get("shape")
-    if want is not None and (
-        len(want) != len(shape) or any(w not in (-1, s) for w, s in zip(want, shape, strict=True))
-    ):
+    if want is None:
+        return
+    ok = len(want) == len(shape)
+    if ok:
+        for w, d in zip(want, shape, strict=True):
+            if w != -1 and w != d:
+                ok = False
+                break
+    if not ok:
         raise _fail(f"input {name!r}: shape {shape} does not match the model's {want}")
 
 
@@ -226,8 +238,10 @@ def _rows(arrays: dict[str, np.ndarray[Any, Any]], n: int) -> list[Any]:
 
 
 def _tensor(name: str, values: list[Any]) -> tuple[str, np.ndarray[Any, Any]]:
+    if values and hasattr(values[0], "cpu"):  # torch tensors
+        values = [v.detach().cpu().numpy() for v in values]
     try:
-        arr = np.asarray([v.cpu().numpy() if hasattr(v, "cpu") else v for v in values])
+        arr = np.stack(values) if type(values[0]) is np.ndarray else np.asarray(values)
     except ValueError as exc:
         raise ModelError(f"output {name!r}: results do not stack into a tensor: {exc}") from None
     if arr.dtype.kind in "USO":
