@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -273,3 +274,24 @@ def test_init_container_runs_first_and_shares_volumes(
     assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert term["message"].strip() == "prepared"
+
+
+def test_shoal_image_runs_the_local_installation(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    """The contract with the operator: */shoal images run `shoal` from the local venv (its
+    entrypoint when only args are given), and the repo root is importable."""
+    ns = k8s_namespace
+    cli = {"name": "cli", "image": "ghcr.io/shoal-dev/shoal:0.1.0", "args": ["--help"]}
+    imp = {
+        "name": "imp",
+        "image": "ghcr.io/shoal-dev/shoal:dev",
+        "command": ["python", "-c", "import examples, shoal, sys; print(sys.prefix)"],
+    }
+    k8s_cluster.kubectl(
+        "apply", "-n", ns, "-f", "-", input=manifests.pod("cli", [cli, imp], restartPolicy="Never")
+    )
+    pod = pod_when(k8s_cluster, ns, "cli", lambda p: p["status"].get("phase") == "Succeeded")
+    assert all(
+        c["state"]["terminated"]["exitCode"] == 0 for c in pod["status"]["containerStatuses"]
+    )
+    assert "usage: shoal" in k8s_cluster.pod_log(ns, "cli", "cli")
+    assert k8s_cluster.pod_log(ns, "cli", "imp").strip() == sys.prefix
