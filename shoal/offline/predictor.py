@@ -97,11 +97,17 @@ class Predictor:
         if fmt == "value":
             if len(cols) != 1:
                 raise ValueError(f"row format 'value' needs one input column, got {cols}")
-            return [_native(v) for v in frame[cols[0]].tolist()]
-        records = frame[cols].to_dict("records")
+            values: list[Any] = frame[cols[0]].tolist()
+            return values
         if fmt == "dict":
+            records = frame[cols].to_dict("records")
             return [{k: _native(v) for k, v in r.items()} for r in records]
-        return [[_native(r[c]) for c in cols] for r in records]
+        # A feature vector per row: numeric columns become one 2-D array whose rows are views,
+        # so a million rows cost no Python-level conversion (what a V2 tensor row also is).
+        block = frame[cols]
+        if all(pd.api.types.is_numeric_dtype(t) for t in block.dtypes):
+            return list(block.to_numpy())
+        return [list(r) for r in block.itertuples(index=False, name=None)]
 
     def _call_batched(self, fn: BatchedFunction, rows: list[Any]) -> list[Any]:
         call: Callable[[list[Any]], Any]
@@ -131,22 +137,17 @@ class Predictor:
                     results.extend(self._call_batched(fn, [row]))
                 except Exception as row_exc:
                     results.append(row_exc)
-        predictions: list[Any] = []
-        errors: list[str | None] = []
+        errors: list[str | None] = [None] * len(results)
+        predictions: list[Any] = list(results)
         for row_index, result in enumerate(results):
             if isinstance(result, BaseException):
                 if self.options.fail_fast:
                     raise RowError(f"model failed on a row: {_error_text(result)}") from result
-                predictions.append(None)
-                errors.append(_error_text(result))
+                predictions[row_index] = None
+                errors[row_index] = _error_text(result)
                 logger.debug("row %d failed: %s", row_index, result)
-            else:
-                predictions.append(_native(result))
-                errors.append(None)
         out = frame.copy()
-        out[self.options.prediction_column] = pd.Series(
-            predictions, index=frame.index, dtype=object
-        )
+        out[self.options.prediction_column] = _column(predictions, frame.index)
         out[self.options.error_column] = pd.Series(errors, index=frame.index, dtype=object)
         return out
 
@@ -185,6 +186,12 @@ class Predictor:
                 failed[self.options.error_column] = _error_text(row_exc)
                 parts.append(failed)
         return pd.concat(parts, ignore_index=True)
+
+
+def _column(values: list[Any], index: pd.Index) -> pd.Series:
+    """Predictions as a column: numbers stay numeric, arrays become lists (an Arrow list
+    column), anything else (dicts, strings) is kept as it is."""
+    return pd.Series([_native(v) for v in values], index=index, dtype=object)
 
 
 def _entry(model: Any) -> tuple[BatchedFunction | None, Callable[..., Any] | None]:
