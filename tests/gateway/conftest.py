@@ -39,6 +39,7 @@ class Seen:
     query: str
     headers: dict[str, str]
     body: bytes
+    client_port: int
 
 
 @dataclass
@@ -77,6 +78,7 @@ class FakeReplica:
                 scope["query_string"].decode(),
                 {k.decode(): v.decode() for k, v in scope["headers"]},
                 body,
+                scope["client"][1],
             )
         )
         if self.mode == "draining":

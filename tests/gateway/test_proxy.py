@@ -191,3 +191,46 @@ async def test_client_going_away_cancels_its_upstream_request(replicas, gateway)
     await wait_until(lambda: model.replicas[0].outstanding == 1, what="request in flight")
     writer.close()
     await wait_until(lambda: model.replicas[0].outstanding == 0, what="request cancelled")
+
+
+async def test_upstream_connections_are_kept_alive_and_bounded(replicas, gateway) -> None:
+    from shoal.runtime.gateway.settings import UpstreamSettings
+
+    rep = await replicas("a")
+    gw = await gateway({"m": [rep.url]}, upstream=UpstreamSettings(max_connections=4, max_idle=4))
+    for _ in range(20):
+        assert (await gw.client.post("/v1/models/m:predict")).status_code == 200
+    assert len({s.client_port for s in rep.seen}) == 1, "sequential requests share a connection"
+    rep.seen.clear()
+    results = await asyncio.gather(*(gw.client.post("/v1/models/m:predict") for _ in range(40)))
+    assert all(r.status_code == 200 for r in results)
+    assert len({s.client_port for s in rep.seen}) <= 4, "never more than max_connections"
+    pool = gw.app.registry.models["m"].replicas[0].pool
+    assert pool.total <= 4
+
+
+async def test_head_and_body_written_apart_reach_the_client_as_one_sized_response(
+    gateway,
+) -> None:
+    """Like the runtime's server: chunked, head and body in separate writes."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+            writer.write(b"transfer-encoding: chunked\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)  # the replica's own pace, not test synchronisation
+            writer.write(b'5\r\n{"a":\r\n2\r\n1}\r\n0\r\n\r\n')
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw = await gateway({"m": [f"http://127.0.0.1:{port}"]})
+        resp = await gw.client.post("/v1/models/m:predict")
+        assert resp.status_code == 200
+        assert resp.json() == {"a": 1}
+        assert resp.headers["content-length"] == "7"
+        assert "transfer-encoding" not in resp.headers
+    finally:
+        server.close()

@@ -296,8 +296,29 @@ class Gateway:
             conn.write_full(up.status, up.header_block, up.take_body(), up.content_length or 0)
             up.finish()
             return
+        first: bytes | None = None
+        try:
+            # The head came without its body (servers often write them separately). Unless it
+            # is an event stream, wait for the first piece: if that completes the body, the
+            # client gets one write with a content-length; else stream from here, holding
+            # nothing back.
+            if not up.event_stream:
+                first = await up.next_chunk()
+        except UpstreamError as exc:
+            up.abort()
+            self._error(conn, 502, f"bad response from replica: {exc}")
+            return
+        except BaseException:
+            up.abort()
+            raise
+        if up.complete:
+            conn.write_full(up.status, up.header_block, first or b"", up.content_length or 0)
+            up.finish()
+            return
         conn.start_stream(up.status, up.header_block, up.content_length)
         try:
+            if first:
+                await conn.write_chunk(first)
             while (chunk := await up.next_chunk()) is not None:
                 await conn.write_chunk(chunk)
         except UpstreamError:

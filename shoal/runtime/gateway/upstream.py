@@ -38,6 +38,13 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+_STREAM_TYPES = (
+    b"text/event-stream",
+    b"application/x-ndjson",
+    b"application/jsonl",
+    b"application/stream+json",
+    b"multipart/x-mixed-replace",
+)
 _HIGH_WATER = 1 << 20  # stop reading a streaming response once this much waits for the client
 _LOW_WATER = 1 << 18
 
@@ -78,6 +85,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.content_length: int | None = None
         self.chunked = False
         self.draining = False
+        self.event_stream = False
+        """A streaming media type (SSE, NDJSON): forward the head at once, before any event."""
         self.keep_alive = True
         self.head_done = False
         self.complete = False
@@ -205,6 +214,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if name == b"x-shoal-draining" and value.strip() == b"1":
             self.draining = True
+        elif name == b"content-type" and value.lower().startswith(_STREAM_TYPES):
+            self.event_stream = True
         self.header_block += name + b": " + value + b"\r\n"
 
     def on_headers_complete(self) -> None:
