@@ -33,6 +33,8 @@ def server(gate_dir: Path) -> Iterator[ServeProcess]:
         f"gated.gate_dir={gate_dir}",
         "--max-body-bytes",
         "4096",
+        "--log-format",
+        "json",
         cwd=ROOT,
     ) as proc:
         yield proc
@@ -167,10 +169,20 @@ async def test_wrong_method_is_405(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v2/models/echo/infer")).status_code == 405
 
 
-async def test_batch_output_length_mismatch_is_500_and_says_so(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v1/models/broken:predict", json={"instances": [1, 2]})
+async def test_batch_output_length_mismatch_is_500_and_says_so(
+    client: httpx.AsyncClient, server: ServeProcess
+) -> None:
+    r = await client.post(
+        "/v1/models/broken:predict", json={"instances": [1, 2]}, headers={"x-request-id": "r-500"}
+    )
     assert r.status_code == 500
     assert "returned 1 results for a batch of 2" in error_of(r)
+    # JSON logs: the error is logged with its request id
+    lines = [orjson.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    assert any(
+        e.get("request_id") == "r-500" and e["level"] == "warning" and "500" in e["msg"]
+        for e in lines
+    ), lines[-5:]
     # the replica is fine
     assert (await client.get("/v2/health/ready")).status_code == 200
 
