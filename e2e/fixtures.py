@@ -12,10 +12,11 @@ root, ``ip``) make the tests FAIL with a message; they are never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,33 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         cluster_mod.stop(Slot(_State.cluster.slot), pid=_State.cluster.pid)
         _State.cluster = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On a failed test that used k8s_namespace, attach the namespace's pods and events (and
+    the tail of each container log) to the report."""
+    report = yield
+    funcargs = getattr(item, "funcargs", {})
+    ns = funcargs.get("k8s_namespace")
+    if report.when == "call" and report.failed and ns and _State.cluster is not None:
+        with contextlib.suppress(Exception):
+            report.sections.append(("k8s namespace " + ns, _diagnostics(_State.cluster, ns)))
+    return report
+
+
+def _diagnostics(cluster: Cluster, ns: str) -> str:
+    out = [cluster.kubectl("get", "all,endpointslices", "-n", ns, "-o", "wide", check=False).stdout]
+    out.append(
+        cluster.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).stdout
+    )
+    for pod in cluster.get_json("pods", "-n", ns)["items"]:
+        for c in pod["spec"]["containers"]:
+            tail = cluster.pod_log(ns, pod["metadata"]["name"], c["name"])[-1500:]
+            out.append(f"--- log {pod['metadata']['name']}/{c['name']} (tail)\n{tail}")
+    return "\n".join(out)
 
 
 @pytest.fixture(scope="session")
