@@ -118,7 +118,7 @@ def container_env(
         {"name": "SHOAL_BATCH_WAIT_TIMEOUT_S", "value": _seconds(b.batch_wait_timeout_ms)},
         {"name": "SHOAL_MAX_QUEUE_SIZE", "value": str(b.max_queue_size)},
         {"name": "SHOAL_GRACE_PERIOD_S", "value": str(spec.drain.grace_period_seconds)},
-        {"name": "SHOAL_DEVICE", "value": "cuda" if spec.resources.gpu > 0 else "cpu"},
+        {"name": "SHOAL_DEVICE", "value": settings.gpu_device if spec.resources.gpu else "cpu"},
     ]
     user_names = {e.name for e in spec.env}
     registry = uri is not None and uri.startswith(("models:/", "runs:/"))

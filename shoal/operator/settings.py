@@ -24,6 +24,9 @@ class OperatorSettings:
     """DNS suffix used in status.url."""
     run_as_user: int = 1000
     """UID the replica processes run as (the image's non-root user)."""
+    gpu_device: str = "cuda"
+    """SHOAL_DEVICE for replicas that get GPUs (`auto`: the runtime picks, e.g. where GPU
+    nodes are simulated, as in the e2e harness)."""
     mlflow_tracking_uri: str | None = None
     """MLflow tracking/registry URI for resolving `models:/name@alias`; also given to replicas
     that load from the registry (as MLFLOW_TRACKING_URI) unless their env sets it."""
@@ -75,6 +78,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         image_pull_policy=env.get("SHOAL_OPERATOR_IMAGE_PULL_POLICY") or None,
         cluster_domain=env.get("SHOAL_OPERATOR_CLUSTER_DOMAIN") or base.cluster_domain,
         run_as_user=int(env.get("SHOAL_OPERATOR_RUN_AS_USER") or base.run_as_user),
+        gpu_device=env.get("SHOAL_OPERATOR_GPU_DEVICE") or base.gpu_device,
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
         alias_poll_seconds=get_float("SHOAL_OPERATOR_ALIAS_POLL_SECONDS", base.alias_poll_seconds),
         resync_seconds=get_float("SHOAL_OPERATOR_RESYNC_SECONDS", base.resync_seconds),

@@ -43,7 +43,9 @@ def crds(k8s_cluster: Any) -> Any:
 @pytest.fixture
 def op(crds: Any, k8s_namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Operator]:
     monkeypatch.setenv("KUBECONFIG", str(crds.kubeconfig))
-    with running_operator(crds, k8s_namespace, operator_settings(k8s_namespace)) as operator:
+    # The harness's GPU nodes have no devices: let the runtime pick (it finds no CUDA).
+    settings = operator_settings(k8s_namespace, gpu_device="auto")
+    with running_operator(crds, k8s_namespace, settings) as operator:
         yield operator
         # Delete while the operator still runs: it removes its finalizer (daemon stop) and the
         # garbage collector takes the rest; otherwise namespace deletion would hang.

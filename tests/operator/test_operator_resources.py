@@ -211,6 +211,12 @@ def test_resources_and_gpu(
     assert env(objs)["SHOAL_DEVICE"] == device
 
 
+def test_gpu_device_setting() -> None:
+    objs = build({"resources": {"gpu": 1}}, settings=OperatorSettings(gpu_device="auto"))
+    assert env(objs)["SHOAL_DEVICE"] == "auto"
+    assert env(build({}, settings=OperatorSettings(gpu_device="auto")))["SHOAL_DEVICE"] == "cpu"
+
+
 def test_scheduling_passthrough_and_no_duplicate_gpu_toleration() -> None:
     aff = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
     objs = build(
