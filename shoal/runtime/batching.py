@@ -25,7 +25,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, overload
 
 from shoal.runtime.clock import Clock, LoopClock, TimerHandle
-from shoal.runtime.errors import ModelError, NotReady, QueueFull, ShoalError, from_model
+from shoal.runtime.errors import (
+    ClientGone,
+    ModelError,
+    NotReady,
+    QueueFull,
+    ShoalError,
+    from_model,
+)
 from shoal.runtime.execution import call_sync
 
 logger = logging.getLogger(__name__)
@@ -73,12 +80,19 @@ class BatchPolicy:
 
 
 class _Item:
-    __slots__ = ("enqueued_at", "future", "value")
+    __slots__ = ("enqueued_at", "future", "gone", "value")
 
-    def __init__(self, value: Any, future: asyncio.Future[Any], enqueued_at: float) -> None:
+    def __init__(
+        self,
+        value: Any,
+        future: asyncio.Future[Any],
+        enqueued_at: float,
+        gone: Callable[[], bool] | None,
+    ) -> None:
         self.value = value
         self.future = future
         self.enqueued_at = enqueued_at
+        self.gone = gone
 
 
 class Batcher(Generic[In, Out]):
@@ -131,8 +145,13 @@ class Batcher(Generic[In, Out]):
     def submit(self, value: In) -> asyncio.Future[Out]:
         return self.submit_many((value,))[0]
 
-    def submit_many(self, values: Sequence[In]) -> list[asyncio.Future[Out]]:
-        """Queue several rows at once (all or none: the queue bound is checked first)."""
+    def submit_many(
+        self, values: Sequence[In], gone: Callable[[], bool] | None = None
+    ) -> list[asyncio.Future[Out]]:
+        """Queue several rows at once (all or none: the queue bound is checked first).
+
+        `gone()` says whether the caller went away (its client disconnected); such rows are
+        dropped when a batch is formed instead of being computed for nobody."""
         if self._closed:
             raise NotReady(f"{self.name}: batcher is closed")
         loop = self._loop
@@ -148,7 +167,7 @@ class Batcher(Generic[In, Out]):
         futures: list[asyncio.Future[Out]] = []
         for value in values:
             fut: asyncio.Future[Out] = loop.create_future()
-            queue.append(_Item(value, fut, now))
+            queue.append(_Item(value, fut, now, gone))
             futures.append(fut)
         self._maybe_dispatch()
         return futures
@@ -169,8 +188,12 @@ class Batcher(Generic[In, Out]):
             items: list[_Item] = []
             while queue and len(items) < policy.max_batch_size:
                 item = queue.popleft()
-                if not item.future.done():
-                    items.append(item)
+                if item.future.done():
+                    continue
+                if item.gone is not None and item.gone():
+                    item.future.set_exception(ClientGone(f"{self.name}: the client went away"))
+                    continue
+                items.append(item)
             if items:
                 self._start(items)
         if self._timer is not None and (

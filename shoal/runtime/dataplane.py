@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from shoal.runtime.errors import Draining, ModelNotFound, NotReady
@@ -64,13 +64,19 @@ class DataPlane:
         if self.inflight == 0 and self.draining:
             self._idle.set()
 
-    async def infer(self, name: str, rows: Sequence[Any], deadline: float) -> list[Any]:
+    async def infer(
+        self,
+        name: str,
+        rows: Sequence[Any],
+        deadline: float,
+        gone: Callable[[], bool] | None = None,
+    ) -> list[Any]:
         model = self.model(name)
         if not model.ready:
             raise NotReady(f"model {name!r} is not ready")
         self.admit()
         try:
-            return await model.infer(rows, deadline)
+            return await model.infer(rows, deadline, gone)
         finally:
             self.release()
 

@@ -65,6 +65,12 @@ class Draining(ShoalError):
         super().__init__(message, [(b"retry-after", b"1"), (b"x-shoal-draining", b"1")])
 
 
+class ClientGone(ShoalError):
+    """The client disconnected while its request waited; nobody reads this answer."""
+
+    status = 499  # nginx's "client closed request"
+
+
 class DeadlineExceeded(ShoalError):
     status = 504
 

@@ -23,7 +23,7 @@ from shoal.runtime.batching import (
     gather_rows,
 )
 from shoal.runtime.clock import Clock, LoopClock
-from shoal.runtime.errors import DeadlineExceeded, QueueFull, from_model
+from shoal.runtime.errors import ClientGone, DeadlineExceeded, QueueFull, from_model
 from shoal.runtime.execution import call_sync
 
 logger = logging.getLogger(__name__)
@@ -128,19 +128,21 @@ class ServedModel:
         return max(0, self.inflight - 1)
 
     # -- inference ------------------------------------------------------------------------
-    async def infer(self, rows: Sequence[Any], deadline: float) -> list[Any]:
+    async def infer(
+        self, rows: Sequence[Any], deadline: float, gone: Callable[[], bool] | None = None
+    ) -> list[Any]:
         """One result per row, or a ShoalError (QueueFull, DeadlineExceeded, ModelError...).
 
-        `deadline` is on `self.clock`; time spent queued counts.
+        `deadline` is on `self.clock`; time spent queued counts. `gone()`: the client left.
         """
         self.inflight += 1
         try:
             clock = self.clock
             batcher = self.batcher
             if batcher is not None:
-                futures = batcher.submit_many(rows)
+                futures = batcher.submit_many(rows, gone)
             else:
-                futures = [self._start_unbatched(rows)]
+                futures = [self._start_unbatched(rows, gone)]
             timer = clock.call_at(
                 deadline, functools.partial(_expire, futures, deadline - clock.time())
             )
@@ -155,7 +157,9 @@ class ServedModel:
         finally:
             self.inflight -= 1
 
-    def _start_unbatched(self, rows: Sequence[Any]) -> asyncio.Future[list[Any]]:
+    def _start_unbatched(
+        self, rows: Sequence[Any], gone: Callable[[], bool] | None
+    ) -> asyncio.Future[list[Any]]:
         limit = self.max_queue_size
         if limit is not None and self.inflight > limit + 1:
             raise QueueFull(f"{self.name}: queue is full (limit {limit}); retry later")
@@ -167,7 +171,7 @@ class ServedModel:
         else:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"shoal-{self.name}")
-            work = loop.run_in_executor(self._executor, self._run_sync, rows, reply)
+            work = loop.run_in_executor(self._executor, self._run_sync, rows, reply, gone)
             work.add_done_callback(functools.partial(_transfer, self.name, reply))
         return reply
 
@@ -183,8 +187,14 @@ class ServedModel:
         if not reply.done():
             reply.set_result(out)
 
-    def _run_sync(self, rows: Sequence[Any], reply: asyncio.Future[list[Any]]) -> list[Any] | None:
-        if reply.done():  # expired while waiting for the worker: skip the work
+    def _run_sync(
+        self,
+        rows: Sequence[Any],
+        reply: asyncio.Future[list[Any]],
+        gone: Callable[[], bool] | None,
+    ) -> list[Any] | None:
+        # Expired, or the client left, while waiting for the worker: skip the work.
+        if reply.done() or (gone is not None and gone()):
             return None
         return [call_sync(self._fn, row) for row in rows]
 
@@ -199,7 +209,10 @@ def _transfer(
         reply.set_exception(from_model(name, exc, own=True))
     else:
         result = work.result()
-        reply.set_result(result if result is not None else [])
+        if result is None:  # skipped: the client went away
+            reply.set_exception(ClientGone(f"{name}: the client went away"))
+        else:
+            reply.set_result(result)
 
 
 def find_ingress(obj: object) -> ASGIApp | None:

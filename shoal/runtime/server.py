@@ -166,7 +166,7 @@ class ShoalApp:
                     model = self.plane.model(name)
                     rows = v1.parse_predict(body)
                     deadline = self._deadline(model, timeout_ms)
-                    results = await self._infer(model, rows, deadline)
+                    results = await self._infer(model, rows, deadline, receive)
                     await _respond(send, 200, v1.encode_predict(results), rid)
                     status = 200
                 else:
@@ -212,7 +212,7 @@ class ShoalApp:
         json_len = _int_header(header_len, "inference-header-content-length")
         req = v2.parse_infer(body, json_len, model.inputs_by_name)
         deadline = self._deadline(model, timeout_ms)
-        results = await self._infer(model, req.rows, deadline)
+        results = await self._infer(model, req.rows, deadline, receive)
         out, out_json_len = v2.encode_infer(name, req, results, model.default_output)
         if out_json_len is None:
             await _respond(send, 200, out, rid)
@@ -230,9 +230,11 @@ class ShoalApp:
         # Only names we serve become label values: a scan of random names must not grow /metrics.
         return name if name in self.plane.expected else "unknown"
 
-    async def _infer(self, model: ServedModel, rows: list[Any], deadline: float) -> list[Any]:
+    async def _infer(
+        self, model: ServedModel, rows: list[Any], deadline: float, receive: Receive
+    ) -> list[Any]:
         handle_mod.current_deadline.set(deadline)
-        return await self.plane.infer(model.name, rows, deadline)
+        return await self.plane.infer(model.name, rows, deadline, _disconnected(receive))
 
     def _deadline(self, model: ServedModel, timeout_ms: bytes | None) -> float:
         if timeout_ms is None:
@@ -332,6 +334,17 @@ class _Loading(ShoalError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"model {name!r} is loading", [(b"retry-after", b"1")])
+
+
+def _disconnected(receive: Receive) -> Callable[[], bool] | None:
+    """A zero-cost "did the client go away?" for uvicorn's protocols: their `receive` is a
+    method of the request cycle, whose `disconnected` flag the connection sets when it is lost.
+    (Awaiting `receive()` would need a watcher task per request on the hot path.) Queued rows of
+    a gone client are dropped when a batch is formed. Other servers: None, no dropping."""
+    cycle = getattr(receive, "__self__", None)
+    if cycle is None or not hasattr(cycle, "disconnected"):
+        return None
+    return lambda: bool(cycle.disconnected)
 
 
 def _closing(send: Send) -> Send:

@@ -79,3 +79,22 @@ class SlowBatched:
     def __call__(self, rows: list[int]) -> list[int]:
         time.sleep(0.02)
         return [r + 1 for r in rows]
+
+
+class GatedBatched:
+    """Batched one row at a time, sync: a row names a gate and waits for it; rows it computed
+    are appended to `seen` in the gate dir (so tests can tell a row was never computed)."""
+
+    def __init__(self, gate_dir: str) -> None:
+        self.gate_dir = gate_dir
+
+    @shoal.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+    def __call__(self, tokens: list[str]) -> list[str]:
+        (token,) = tokens
+        with open(os.path.join(self.gate_dir, "seen"), "a") as f:
+            f.write(token + "\n")
+        path = os.path.join(self.gate_dir, token)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return [f"passed {token}"]

@@ -11,7 +11,13 @@ import pytest
 import shoal
 from shoal.runtime.batching import Batcher, BatchPolicy
 from shoal.runtime.clock import FakeClock
-from shoal.runtime.errors import DeadlineExceeded, InvalidInput, ModelError, QueueFull
+from shoal.runtime.errors import (
+    ClientGone,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelError,
+    QueueFull,
+)
 from shoal.runtime.model import ServedModel
 
 
@@ -305,3 +311,18 @@ async def test_runtime_overrides_beat_the_decorator() -> None:
     assert model.batcher.policy.max_batch_size == 7
     assert model.batcher.policy.batch_wait_timeout_s == 0.5
     await model.aclose()
+
+
+async def test_rows_of_a_client_that_left_are_dropped_when_the_batch_forms() -> None:
+    clock, rec = FakeClock(), Recorder()
+    b = make(rec, clock, max_batch_size=10, batch_wait_timeout_s=0.01)
+    left = {"gone": False}
+    lost = b.submit_many([1, 2], gone=lambda: left["gone"])
+    kept = b.submit(3)
+    left["gone"] = True
+    clock.advance(0.01)
+    assert await result(kept) == 30
+    assert rec.batches == [[3]]
+    for f in lost:
+        with pytest.raises(ClientGone):
+            await result(f)

@@ -29,8 +29,11 @@ def server(gate_dir: Path) -> Iterator[ServeProcess]:
         f"declared={MODELS}:Declared",
         f"gated={MODELS}:Gated",
         f"broken={MODELS}:Broken",
+        f"gatedb={MODELS}:GatedBatched",
         "--config",
         f"gated.gate_dir={gate_dir}",
+        "--config",
+        f"gatedb.gate_dir={gate_dir}",
         "--max-body-bytes",
         "4096",
         "--log-format",
@@ -284,3 +287,31 @@ async def test_metrics_use_the_contract_names(client: httpx.AsyncClient) -> None
         'shoal_inflight_requests{model="echo"}',
     ):
         assert name in text
+
+
+async def test_a_queued_request_whose_client_left_is_never_computed(
+    client: httpx.AsyncClient, gate_dir: Path
+) -> None:
+    first = asyncio.ensure_future(
+        client.post("/v1/models/gatedb:predict", json={"instances": ["c-first"]})
+    )
+    await wait_for_metric(client, 'shoal_inflight_requests{model="gatedb"} 1.0')
+    async with httpx.AsyncClient(base_url=client.base_url, timeout=30) as leaver:
+        left = asyncio.ensure_future(
+            leaver.post("/v1/models/gatedb:predict", json={"instances": ["c-left"]})
+        )
+        await wait_for_metric(client, 'shoal_queue_depth{model="gatedb"} 1.0')
+        left.cancel()  # the client gives up: its connection closes
+        with pytest.raises(asyncio.CancelledError):
+            await left
+    assert (await client.get("/v2/health/live")).status_code == 200
+    open_gate(gate_dir, "c-first")
+    open_gate(gate_dir, "c-after")
+    assert (await first).json() == {"predictions": ["passed c-first"]}
+    r = await client.post("/v1/models/gatedb:predict", json={"instances": ["c-after"]})
+    assert r.json() == {"predictions": ["passed c-after"]}
+    seen = (gate_dir / "seen").read_text().split()
+    assert seen == ["c-first", "c-after"]  # "c-left" was dropped from the queue
+    await wait_for_metric(
+        client, 'shoal_requests_total{code="499",model="gatedb",protocol="v1"} 1.0'
+    )
