@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -16,7 +16,7 @@ from e2e.tests import manifests
 from shoal.runtime.gateway.app import GatewayApp
 from shoal.runtime.gateway.discovery.kubernetes import KubernetesDiscovery, slice_endpoints
 from shoal.runtime.gateway.registry import Endpoint
-from shoal.runtime.gateway.settings import GatewaySettings, KubernetesSettings
+from shoal.runtime.gateway.settings import GatewaySettings, KubernetesSettings, StaticUpstream
 from tests.gateway.conftest import wait_until
 
 
@@ -222,3 +222,62 @@ async def test_gateway_routes_to_deployment_pods_and_drops_unready_ones(
         )
         seen = {(await client.get("/web/")).json()["ip"] for _ in range(20)}
         assert seen == ips - {victim}
+
+
+def _secret(tokens: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "gw-tokens"},
+        "stringData": {"tokens": tokens},
+    }
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+async def test_tokens_follow_a_kubernetes_secret(
+    k8s_cluster: Cluster, k8s_namespace: str, replicas
+) -> None:
+    ns = k8s_namespace
+    rep = await replicas("a")
+    await asyncio.to_thread(_apply, k8s_cluster, ns, _secret("first-token-1: [m]\n"))
+    settings = GatewaySettings(
+        host="127.0.0.1",
+        port=0,
+        static=(StaticUpstream("m", (rep.url,)),),
+        kubernetes=KubernetesSettings(
+            endpoint_slices=False,
+            namespace=ns,
+            kubeconfig=str(k8s_cluster.kubeconfig),
+            tokens_secret="gw-tokens",
+        ),
+    )
+    app = GatewayApp(settings)
+    await app.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.port}") as client:
+
+            async def status(token: str) -> int:
+                resp = await client.post(
+                    "/v1/models/m:predict", headers={"authorization": f"Bearer {token}"}
+                )
+                return resp.status_code
+
+            await wait_until_async(lambda: status("first-token-1"), 200, "first token accepted")
+            await asyncio.to_thread(_apply, k8s_cluster, ns, _secret("second-token-2: '*'\n"))
+            await wait_until_async(lambda: status("second-token-2"), 200, "second token accepted")
+            assert await status("first-token-1") == 401
+            assert (await client.post("/v1/models/m:predict")).status_code == 401
+    finally:
+        await app.stop(grace_s=1.0)
+
+
+async def wait_until_async(
+    probe: Callable[[], Awaitable[int]], want: int, what: str, timeout_s: float = 30.0
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (got := await probe()) != want:
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last: {got})")
+        await asyncio.sleep(0.05)

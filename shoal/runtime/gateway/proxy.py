@@ -159,7 +159,9 @@ class Gateway:
                 req, conn, model, prefix, suffix, req.received_at + timeout_ms / 1e3
             )
         finally:
-            self.metrics.observe(name, conn.status, self._clock() - req.received_at)
+            # 499: the client went away before an answer (nginx's convention).
+            code = conn.status or 499
+            self.metrics.observe(name, code, self._clock() - req.received_at)
 
     async def _forward(
         self,
