@@ -9,7 +9,7 @@ from typing import Any
 
 from bench import loadgen
 from bench.mlp import read_counter_file
-from bench.procs import get, group_cpu_seconds
+from bench.procs import get, session_cpu_seconds
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Measurement:
     server_reported_mean_batch: float | None
     generator: str
     server_cpu_s: float = 0.0
-    """CPU time (user+sys) of the server's process groups during the measurement window."""
+    """CPU time (user+sys) of the server's sessions (all its processes) during the window."""
     cpu_ms_per_request: float = 0.0
     round: int = 0
 
@@ -80,7 +80,7 @@ def measure(
     stats_path: str,
     plan: LoadPlan,
     metrics_url: str | None = None,
-    pgids: tuple[int, ...] = (),
+    sids: tuple[int, ...] = (),
 ) -> Measurement:
     if plan.warmup_s > 0:
         loadgen.run(
@@ -89,12 +89,12 @@ def measure(
         )
     calls0, rows0 = read_counter_file(stats_path)
     hist0 = scrape_batch_histogram(metrics_url) if metrics_url else None
-    cpu0 = group_cpu_seconds(pgids)
+    cpu0 = session_cpu_seconds(sids)
     res = loadgen.run(
         loadgen.Load(url, body, plan.connections, plan.duration_s, plan.wrk_threads),
         plan.generator,
     )
-    cpu1 = group_cpu_seconds(pgids)
+    cpu1 = session_cpu_seconds(sids)
     calls1, rows1 = read_counter_file(stats_path)
     hist1 = scrape_batch_histogram(metrics_url) if metrics_url else None
     calls, rows = calls1 - calls0, rows1 - rows0

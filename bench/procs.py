@@ -1,4 +1,4 @@
-"""Server processes under test: start in their own process group, wait until they answer a real
+"""Server processes under test: start each in a session of its own, wait until they answer a real
 request, stop the whole group (Ray starts helpers of its own) when done."""
 
 from __future__ import annotations
@@ -40,18 +40,14 @@ class ServerSpec:
 @dataclass(frozen=True)
 class Server:
     base: str  # http://127.0.0.1:port
-    pgid: int  # its process group: the server and every helper process it started
+    sid: int  # its session: the server and every helper process it started
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def group_cpu_seconds(pgids: Iterable[int]) -> float:
-    """User + system CPU time of every live process in these process groups, from /proc.
-
-    Under a noisy shared machine, CPU per request is steadier than requests per second."""
-    wanted = set(pgids)
-    total = 0
+def _sessions() -> Iterator[tuple[int, int, int]]:
+    """(pid, session id, utime + stime in ticks) of every live process, from /proc."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -60,11 +56,19 @@ def group_cpu_seconds(pgids: Iterable[int]) -> float:
                 stat = f.read().decode(errors="replace")
         except OSError:
             continue  # exited meanwhile
-        # Fields after the parenthesised command name (which may hold spaces): state ppid pgrp ..
+        # After the parenthesised command name (which may hold spaces): state ppid pgrp session ..
         rest = stat[stat.rindex(")") + 2 :].split()
-        if int(rest[2]) in wanted:
-            total += int(rest[11]) + int(rest[12])  # utime, stime
-    return total / _CLK_TCK
+        yield int(entry.name), int(rest[3]), int(rest[11]) + int(rest[12])
+
+
+def session_cpu_seconds(sids: Iterable[int]) -> float:
+    """User + system CPU time of every live process in these sessions.
+
+    Each server starts in a session of its own, and everything it starts stays there (Ray's
+    workers get process groups of their own, but not sessions). Under a noisy shared machine,
+    CPU per request is steadier than requests per second."""
+    wanted = set(sids)
+    return sum(ticks for _, sid, ticks in _sessions() if sid in wanted) / _CLK_TCK
 
 
 def post(url: str, body: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -129,15 +133,17 @@ def _wait_ready(proc: subprocess.Popen[bytes], spec: ServerSpec, base: str, log_
 
 
 def _stop(proc: subprocess.Popen[bytes], name: str, grace_s: float = 20.0) -> None:
-    pgid = proc.pid
+    sid = proc.pid  # start_new_session: the leader's pid is the session id
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(sid, signal.SIGTERM)
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        log.warning("%s did not stop within %.0fs; killing its process group", name, grace_s)
-    # Whatever the leader left behind in its group (Ray's raylet, workers) goes too.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+        log.warning("%s did not stop within %.0fs; killing its session", name, grace_s)
+    # Whatever the leader left behind in its session (Ray's raylet, workers) goes too.
+    for pid, s, _ in list(_sessions()):
+        if s == sid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)

@@ -106,7 +106,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['load']['warmup_s']:g} s warm-up then {doc['load']['duration_s']:g} s measured "
         f"per row, one server at a time{_rounds(doc)}. Mean batch = rows/calls counted inside "
         "the model (same instrument in every server). Server CPU = user+sys time of the "
-        "server's whole process group (for the gateway: gateway + replica) in the window.\n",
+        "server's whole session, every process it started (for the gateway: gateway + replica), "
+        "in the window.\n",
     ]
     for wname, wl in doc["workloads"].items():
         limit = doc["limits"].get(wname, {}).get("rows_per_s", 0.0)

@@ -164,10 +164,10 @@ def _measure_endpoints(
     stats: str,
     connections: int,
     metrics_url: str | None = None,
-    also_pgids: tuple[int, ...] = (),
+    also_sids: tuple[int, ...] = (),
 ) -> None:
-    """Check and load each endpoint of `target`; CPU is counted over its process group and
-    `also_pgids` (the replica behind a gateway)."""
+    """Check and load each endpoint of `target`; CPU is counted over its session and
+    `also_sids` (the replica behind a gateway)."""
     base = target.base
     expected = run.limits[wl.name]["expected"]
     plan = LoadPlan(
@@ -191,7 +191,7 @@ def _measure_endpoints(
             stats_path=stats,
             plan=plan,
             metrics_url=metrics_url,
-            pgids=(target.pgid, *also_pgids),
+            sids=(target.sid, *also_sids),
         )
         log.info(
             "%s %-14s %s c=%d: %.0f req/s p50 %.2f ms p99 %.2f ms batch %.1f errors %d, "
@@ -234,7 +234,7 @@ def _shoal_and_gateway(run: Run, wl: Workload, with_gateway: bool) -> None:
             return
         gw_spec = servers.shoal_gateway(replica.base, stats)
         with running(gw_spec, run.log_dir / wl.name, servers.ROOT) as gw:
-            behind = (replica.pgid,)
+            behind = (replica.sid,)
             _measure_endpoints(
                 run, wl, "shoal-gateway", gw, endpoints, stats, s.plan.connections, metrics, behind
             )
