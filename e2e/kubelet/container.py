@@ -58,6 +58,7 @@ class ContainerRunner:
     restart_policy: str
     grace_s: Callable[[], float]
     on_change: Callable[[], None]
+    on_event: Callable[[str, str, str], None]  # (Normal|Warning, reason, message)
     backoff: Backoff
     init: bool = False
     state: Obj = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
@@ -152,6 +153,7 @@ class ContainerRunner:
             t0 = time.monotonic()
             self._kill_reason = None
             self.proc = await self._start(launch)
+            self.on_event("Normal", "Started", f"Started container {self.name}")
             self.state = {"running": {"startedAt": started_at}}
             self.started = "startupProbe" not in self.spec
             self.ready = self.init or ("readinessProbe" not in self.spec and self.started)
@@ -198,6 +200,7 @@ class ContainerRunner:
                 }
             }
             self.on_change()
+            self.on_event("Warning", "BackOff", self.state["waiting"]["message"])
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
@@ -258,6 +261,8 @@ class ContainerRunner:
                 ready = False
             if ready != self.ready:
                 log.info("container %s readiness -> %s %s", self.name, ready, msg)
+                if not ready:
+                    self.on_event("Warning", "Unhealthy", f"Readiness probe failed: {msg}")
                 self.ready = ready
                 self.on_change()
             await asyncio.sleep(cfg.period_s)
@@ -269,6 +274,8 @@ class ContainerRunner:
 
     async def _kill_for(self, why: str) -> None:
         log.info("container %s: %s, killing", self.name, why)
+        self.on_event("Warning", "Unhealthy", why)
+        self.on_event("Normal", "Killing", f"Container {self.name} {why}, will be restarted")
         self._kill_reason = "Error"
         await self.signal_and_wait(self.grace_s())
 

@@ -20,6 +20,7 @@ import httpx
 from e2e.kube import ApiError, Kube, Obj
 from e2e.kubelet import node as nodes
 from e2e.kubelet.container import Backoff
+from e2e.kubelet.events import EventRecorder
 from e2e.kubelet.pod import NodeContext, PodWorker
 from e2e.kubelet.volumes import remove_mount_points
 from e2e.layout import NODE_NAMES, Slot
@@ -67,6 +68,7 @@ class NodeAgent:
             },
             backoff=backoff,
             mount_record=slot.root / "mount-points.txt",
+            events=EventRecorder(kube, name),
         )
         self.workers: dict[str, PodWorker] = {}
         self._tasks: set[asyncio.Task[None]] = set()

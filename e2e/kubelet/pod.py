@@ -16,6 +16,7 @@ from typing import Any
 from e2e import network
 from e2e.kube import ApiError, Kube, Obj
 from e2e.kubelet.container import Backoff, ContainerRunner, Launch, now_rfc3339
+from e2e.kubelet.events import EventRecorder
 from e2e.kubelet.podspec import (
     REPO_ROOT,
     ConfigError,
@@ -45,6 +46,7 @@ class NodeContext:
     service_env: dict[str, str]
     backoff: Backoff
     mount_record: Path
+    events: EventRecorder
 
 
 class PodWorker:
@@ -80,6 +82,9 @@ class PodWorker:
             restart_policy=policy,
             grace_s=self._grace,
             on_change=self._changed.set,
+            on_event=lambda kind, reason, msg: self.ctx.events.record(
+                self.pod, c["name"], kind, reason, msg
+            ),
             backoff=self.ctx.backoff,
             init=init,
         )
@@ -106,6 +111,7 @@ class PodWorker:
                 if mapped_entrypoint(c.spec.get("image", "")) is None:
                     for r in self.init + self.apps:
                         r.set_waiting("ErrImageNeverPull", unmapped_message(r.spec["image"]))
+                        r.on_event("Warning", "Failed", unmapped_message(r.spec["image"]))
                     return
             await asyncio.to_thread(
                 network.add_pod_netns, self.ctx.slot, self.netns, self.veth, self.ip
@@ -157,6 +163,7 @@ class PodWorker:
             except (ConfigError, ApiError) as exc:
                 for r in self.init + self.apps:
                     r.set_waiting("CreateContainerConfigError", str(exc))
+                    r.on_event("Warning", "Failed", f"Error: {exc}")
                 await asyncio.sleep(2)
 
     def _etc_files(self) -> list[dict[str, Any]]:
@@ -271,6 +278,9 @@ class PodWorker:
         """Stops all containers (preStop, SIGTERM, grace, SIGKILL), removes the sandbox and, when
         finalize, deletes the pod object for good."""
         self._stopping = True
+        for r in self.apps:
+            if r.proc is not None and r.proc.returncode is None:
+                r.on_event("Normal", "Killing", f"Stopping container {r.name}")
         await asyncio.gather(*(r.stop(grace_s) for r in self.init + self.apps))
         run_task = self._run_task
         if run_task is not None and not run_task.done():

@@ -150,6 +150,9 @@ def test_crashing_container_is_restarted_with_exit_code_and_message(
     assert last["message"] == "boom"
     assert pod["status"]["phase"] == "Running"
     assert not cs["ready"]
+    events = k8s_cluster.get_json("events", "-n", ns, "--field-selector=involvedObject.name=crash")
+    reasons = {e["reason"] for e in events["items"]}
+    assert {"Scheduled", "Started", "BackOff"} <= reasons
 
 
 def test_namespace_deletion_cleans_up(k8s_cluster: Cluster) -> None:
