@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# name -> (module, one-line help). The module defines `add_arguments(parser)` and `run(args) -> int`.
+# name -> (module, help). The module defines `add_arguments(parser)` and `run(args) -> int`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("shoal.runtime.cli_serve", "serve one or more model classes over HTTP"),
     "demo": ("shoal.runtime.cli_demo", "serve the embedded default model and query it"),
