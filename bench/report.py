@@ -94,12 +94,12 @@ def markdown(doc: dict[str, Any]) -> str:
     k = doc["knobs"]
     gen = sorted({r["generator"] for r in rows}) or ["-"]
     out = [
-        f"\n## {doc['started'].replace('T', ' ').replace('+00:00', ' UTC')}\n",
-        f"Command: `{doc['command']}` (commit {m['commit']})\n",
+        f"\n## {doc['started'].replace('T', ' ').replace('+00:00', ' UTC')}\n\n",
+        f"Command: `{doc['command']}` (commit {m['commit']})\n\n",
         f"Machine: {m['cpus']} CPUs ({m['cpu']}), shared with other work; load average "
         f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end. "
         f"Python {v['python']}, torch {v.get('torch')}, Ray {v.get('ray')}, "
-        f"KServe {v.get('kserve')}. {doc.get('notes') or ''}\n",
+        f"KServe {v.get('kserve')}. {doc.get('notes') or ''}\n\n",
         f"Knobs (every server): max_batch_size {k['max_batch_size']}, batch_wait_timeout_s "
         f"{k['batch_wait_timeout_s']}, torch threads {k['torch_threads']}; {conns} closed-loop "
         f"connections from {', '.join(gen)} (-t{doc['load']['wrk_threads']}), "
@@ -206,6 +206,21 @@ def _goals(doc: dict[str, Any], rows: list[dict[str, Any]], conns: int, mod: int
             f"(goal < 1 ms), p99 {a99:+.2f} ms (goal < 3 ms): "
             f"{_goal(a50 < 1 and a99 < 3)}\n"
         )
+    floor = _find(rows, "W1", "floor", conns)
+    for proto in ("v1", "v2"):
+        s = _find(rows, "W1", "shoal", conns, proto)
+        if s is None or not s["cpu_ms_per_request"]:
+            continue
+        parts = [
+            f"- W1 server CPU per request, Shoal {proto.upper()}: {s['cpu_ms_per_request']:.3f} ms"
+        ]
+        for name, ref in (("floor", floor), ("Ray Serve", ray), ("KServe", ks)):
+            if ref is not None and ref["cpu_ms_per_request"]:
+                parts.append(
+                    f"{name} {ref['cpu_ms_per_request']:.3f} ms "
+                    f"({ref['cpu_ms_per_request'] / s['cpu_ms_per_request']:.1f}x Shoal's)"
+                )
+        lines.append(", ".join(parts) + " (context, no goal)\n")
     if lines:
-        lines.insert(0, "\nGoals (issues 3 and 6):\n")
+        lines.insert(0, "\nGoals (issues 3 and 6):\n\n")
     return lines
