@@ -290,10 +290,19 @@ class UpstreamPool:
             self._waiters.append(fut)
             try:
                 conn2 = await fut
-            finally:
-                if not fut.done():
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    # Handed a connection (or a free slot) just as we gave up: pass it on,
+                    # or it would be lost to the pool for good.
+                    handed = fut.result()
+                    if handed is not None:
+                        self.release(handed, True)
+                    else:
+                        self._wake_one(None)
+                else:
                     fut.cancel()
                     self._waiters.remove(fut)
+                raise
             if conn2 is not None and not conn2.closed:
                 return conn2
             # None: a slot freed up; loop to open a new connection.
