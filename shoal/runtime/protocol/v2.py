@@ -39,7 +39,7 @@ _INT_RANGE = {
     k: (np.iinfo(d).min, np.iinfo(d).max) for k, d in _NP_DTYPES.items() if d.kind in "iu"
 }
 _KIND_OK = {"b": "b", "u": "iu", "i": "iu", "f": "iuf", "O": "USO"}
-_NP_TO_V2 = {np.dtype(v).name: k for k, v in DTYPES.items() if k != "BYTES"}
+_NP_TO_V2 = {np.dtype(v): k for k, v in DTYPES.items() if k != "BYTES"}  # dtype.name is slow
 DEFAULT_OUTPUT = "output0"
 
 
@@ -249,7 +249,7 @@ def _tensor(name: str, values: list[Any]) -> tuple[str, np.ndarray[Any, Any]]:
         obj = np.empty(flat.shape, dtype=np.object_)
         obj[:] = [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
         return "BYTES", obj.reshape(arr.shape)
-    dtype = _NP_TO_V2.get(arr.dtype.name)
+    dtype = _NP_TO_V2.get(arr.dtype)
     if dtype is None:
         raise ModelError(f"output {name!r}: numpy dtype {arr.dtype} has no V2 datatype")
     return dtype, arr
