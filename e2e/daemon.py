@@ -66,7 +66,8 @@ def clean_slot(slot: Slot, keep_logs: bool = False) -> list[str]:
                 removed.append(f"pod process {pid}")
     removed += [f"process {pid}" for pid in controlplane.kill_processes_under(slot.root)]
     removed += network.teardown(slot)
-    remove_mount_points(slot.root / "mount-points.txt")
+    (slot.root / "mount-uses.txt").unlink(missing_ok=True)
+    remove_mount_points(state_root() / "mount-points.txt", _mount_points_in_use(slot.index))
     if slot.root.exists():
         for entry in slot.root.iterdir():
             if keep_logs and entry == slot.log_dir:
@@ -76,6 +77,22 @@ def clean_slot(slot: Slot, keep_logs: bool = False) -> list[str]:
             else:
                 entry.unlink(missing_ok=True)
     return removed
+
+
+def _mount_points_in_use(except_index: int) -> set[str]:
+    """Mount targets used by the other slots that are running now (their lock is held)."""
+    used: set[str] = set()
+    for i in range(MAX_SLOTS):
+        other = Slot(i)
+        if i == except_index or not (other.root / "mount-uses.txt").exists():
+            continue
+        lock = lock_slot(other)
+        if lock is not None:  # not running: its uses do not count
+            lock.close()
+            continue
+        with contextlib.suppress(OSError):
+            used |= set((other.root / "mount-uses.txt").read_text().split())
+    return used
 
 
 def sweep_free_slots(except_index: int) -> list[str]:

@@ -22,8 +22,7 @@ from e2e.kubelet import node as nodes
 from e2e.kubelet.container import Backoff
 from e2e.kubelet.events import EventRecorder
 from e2e.kubelet.pod import NodeContext, PodWorker
-from e2e.kubelet.volumes import remove_mount_points
-from e2e.layout import NODE_NAMES, Slot
+from e2e.layout import NODE_NAMES, Slot, state_root
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,8 @@ class NodeAgent:
                 "KUBERNETES_PORT": f"tcp://{slot.bridge_ip}:{slot.api_port}",
             },
             backoff=backoff,
-            mount_record=slot.root / "mount-points.txt",
+            mount_record=state_root() / "mount-points.txt",
+            mount_uses=slot.root / "mount-uses.txt",
             events=EventRecorder(kube, name),
         )
         self.workers: dict[str, PodWorker] = {}
@@ -178,4 +178,3 @@ class Kubelet:
         self.stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(a.shutdown(grace_s) for a in self.agents))
-        remove_mount_points(self.slot.root / "mount-points.txt")

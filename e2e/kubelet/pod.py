@@ -45,7 +45,8 @@ class NodeContext:
     allocatable: dict[str, str]
     service_env: dict[str, str]
     backoff: Backoff
-    mount_record: Path
+    mount_record: Path  # machine-wide: mount points some slot created
+    mount_uses: Path  # this slot's mount targets
     events: EventRecorder
 
 
@@ -148,7 +149,7 @@ class PodWorker:
                     mounts = mounts_for(self.pod, r.spec, self.dir / "volumes")
                     taken = {m["target"] for m in mounts}
                     mounts = [m for m in etc_mounts if m["target"] not in taken] + mounts
-                    ensure_mount_points(mounts, self.ctx.mount_record)
+                    ensure_mount_points(mounts, self.ctx.mount_record, self.ctx.mount_uses)
                     launches[r.name] = Launch(
                         argv=container_argv(r.spec, env),
                         env=env,

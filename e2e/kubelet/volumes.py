@@ -129,36 +129,50 @@ def mounts_for(pod: Obj, container: Obj, root: Path) -> list[dict[str, Any]]:
     return mounts
 
 
-def ensure_mount_points(mounts: list[dict[str, Any]], record: Path) -> None:
-    """Creates missing mount targets on the host (mounts need an existing target) and records
-    each folder or file it created, so teardown can remove them again."""
-    created: list[str] = []
+def ensure_mount_points(mounts: list[dict[str, Any]], created: Path, uses: Path) -> None:
+    """Creates missing mount targets on the host (a mount needs an existing target).
+
+    Mount points are host paths shared by every cluster on the machine (e.g.
+    /var/run/secrets/kubernetes.io/serviceaccount), so each slot records the targets it uses in
+    `uses`, and whatever gets created is recorded in the machine-wide `created`; a slot's
+    teardown removes only created paths that no running slot uses (removing a directory that is
+    a mount point elsewhere would silently unmount it there).
+    """
+    with uses.open("a") as f:
+        f.writelines(f"{m['target']}\n" for m in mounts)
+    new: list[str] = []
     for m in mounts:
         target = Path(m["target"])
         if target.exists():
             continue
         missing = [p for p in [target, *target.parents] if not p.exists()]
         if Path(m["source"]).is_dir():
-            target.mkdir(parents=True)
+            target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
-        created += [str(p) for p in missing]
-    if created:
-        with record.open("a") as f:
-            f.writelines(f"{p}\n" for p in created)
+        new += [str(p) for p in missing]
+    if new:
+        with created.open("a") as f:
+            f.writelines(f"{p}\n" for p in new)
 
 
-def remove_mount_points(record: Path) -> None:
-    if not record.exists():
+def remove_mount_points(created: Path, in_use: set[str]) -> None:
+    """Removes the created mount points (and the folders created for them) that are not in use;
+    the rest stay recorded for a later teardown."""
+    if not created.exists():
         return
-    paths = sorted(set(record.read_text().split()), key=len, reverse=True)
+    paths = sorted(set(created.read_text().split()), key=len, reverse=True)
+    busy = {p for p in paths if any(u == p or u.startswith(p + "/") for u in in_use)}
     for p in paths:
+        if p in busy:
+            continue
         try:
             if os.path.isdir(p):
                 os.rmdir(p)
             elif os.path.isfile(p) and os.path.getsize(p) == 0:
                 os.unlink(p)
         except OSError:
-            pass  # not empty or busy: someone else's content, leave it
-    record.unlink()
+            pass  # not empty: someone else's content now, leave it
+    remaining = [p for p in paths if p in busy]
+    created.write_text("".join(f"{p}\n" for p in remaining))

@@ -25,16 +25,23 @@ pytestmark = pytest.mark.e2e
 
 def _start_with_a_pod(session_cluster: Cluster) -> tuple[Cluster, int]:
     c = cluster_mod.start(follow_parent=True, bin_dir=session_cluster.bin_dir, timeout_s=180)
-    container = manifests.server_container(
-        volumeMounts=[{"name": "scratch", "mountPath": "/shoal-e2e-down-test/scratch"}]
-    )
-    manifest = manifests.pod("p", [container], volumes=[{"name": "scratch", "emptyDir": {}}])
+    manifest = _pod_mounting("p", [MINE, SHARED])
     c.kubectl("apply", "-n", "default", "-f", "-", input=manifest)
     c.kubectl("wait", "-n", "default", "pod/p", "--for=condition=Ready", "--timeout=60s")
     pod = c.get_json("pod", "-n", "default", "p")
     host = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _in_pod(pid, pod)]
     assert host, "the pod's process was not found"
     return c, host[0]
+
+
+MINE = "/shoal-e2e-down-test/mine"
+SHARED = "/shoal-e2e-down-test/shared"
+
+
+def _pod_mounting(name: str, paths: list[str]) -> str:
+    mounts = [{"name": f"v{i}", "mountPath": p} for i, p in enumerate(paths)]
+    volumes = [{"name": f"v{i}", "emptyDir": {}} for i in range(len(paths))]
+    return manifests.pod(name, [manifests.server_container(volumeMounts=mounts)], volumes=volumes)
 
 
 def _in_pod(pid: int, pod: Any) -> bool:
@@ -56,16 +63,23 @@ def _down(slot: int) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_down_leaves_nothing_behind(k8s_cluster: Cluster) -> None:
+def test_down_leaves_nothing_behind(k8s_cluster: Cluster, k8s_namespace: str) -> None:
     c, pod_pid = _start_with_a_pod(k8s_cluster)
     slot = Slot(c.slot)
+    # A pod of the session's cluster uses a mount point that the second cluster created.
+    shared = _pod_mounting("shared", [SHARED])
+    k8s_cluster.kubectl("apply", "-n", k8s_namespace, "-f", "-", input=shared)
+    k8s_cluster.kubectl(
+        "wait", "-n", k8s_namespace, "pod/shared", "--for=condition=Ready", "--timeout=60s"
+    )
     assert cluster_mod.leftovers(slot)  # sanity: the probe sees a running cluster
     out = _down(c.slot)
     assert out.returncode == 0, out.stderr
     assert cluster_mod.leftovers(slot) == []
     assert not _alive(pod_pid)
     assert not _alive(c.pid)
-    assert not os.path.exists("/shoal-e2e-down-test")  # mount points it created are gone
+    assert not os.path.exists(MINE)  # mount points it created are gone...
+    assert os.path.isdir(SHARED)  # ...except those another running cluster uses
     assert str(slot.root) not in Path("/proc/mounts").read_text()
 
 
