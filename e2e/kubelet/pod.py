@@ -137,6 +137,7 @@ class PodWorker:
     async def _prepare(self) -> dict[str, Launch]:
         """Volumes and env; retries while referenced objects are missing (like the kubelet)."""
         meta = self.pod["metadata"]
+        last_error = ""
         while True:
             try:
                 resolver = Resolver(self.ctx.kube, meta["namespace"])
@@ -164,8 +165,10 @@ class PodWorker:
             except (ConfigError, ApiError) as exc:
                 for r in self.init + self.apps:
                     r.set_waiting("CreateContainerConfigError", str(exc))
-                    r.on_event("Warning", "Failed", f"Error: {exc}")
-                await asyncio.sleep(2)
+                    if str(exc) != last_error:
+                        r.on_event("Warning", "Failed", f"Error: {exc}")
+                last_error = str(exc)
+                await asyncio.sleep(2)  # retry period, as the kubelet's pod sync
 
     def _etc_files(self) -> list[dict[str, Any]]:
         """/etc/hosts (pod name -> pod IP) and /etc/resolv.conf (cluster DNS) for the pod."""

@@ -295,3 +295,28 @@ def test_shoal_image_runs_the_local_installation(k8s_cluster: Cluster, k8s_names
     )
     assert "usage: shoal" in k8s_cluster.pod_log(ns, "cli", "cli")
     assert k8s_cluster.pod_log(ns, "cli", "imp").strip() == sys.prefix
+
+
+def test_missing_config_map_waits_then_starts(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    ns = k8s_namespace
+    env = [{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "v"}}}]
+    c = {"name": "c", "image": "python:3.11", "command": ["sleep", "3600"], "env": env}
+    k8s_cluster.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=manifests.pod("late", [c], terminationGracePeriodSeconds=1),
+    )
+    pod_when(
+        k8s_cluster,
+        ns,
+        "late",
+        lambda p: (
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            == "CreateContainerConfigError"
+        ),
+    )
+    k8s_cluster.kubectl("create", "configmap", "late", "-n", ns, "--from-literal=v=1")
+    pod_when(k8s_cluster, ns, "late", lambda p: p["status"]["phase"] == "Running")
