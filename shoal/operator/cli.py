@@ -66,6 +66,23 @@ def settings_from_args(
     return dataclasses.replace(s, **changes)
 
 
+def _ref(record: logging.LogRecord) -> str | None:
+    ref = getattr(record, "k8s_ref", None)  # kopf's per-object logger adds this
+    if not isinstance(ref, dict) or not ref.get("name"):
+        return None
+    return f"{ref['namespace']}/{ref['name']}" if ref.get("namespace") else str(ref["name"])
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        ref = _ref(record)
+        if ref is None:
+            return text
+        head, sep, tail = text.partition(": ")
+        return f"{head}{sep}[{ref}] {tail}" if sep else f"[{ref}] {text}"
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -74,7 +91,7 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        obj = getattr(record, "k8s_ref", None)  # kopf's per-object logger adds this
+        obj = _ref(record)
         if obj:
             doc["object"] = obj
         if record.exc_info:
@@ -87,7 +104,7 @@ def configure_logging(settings: OperatorSettings) -> None:
     if settings.log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_PlainFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if settings.verbose else logging.INFO)

@@ -204,10 +204,6 @@ class Reconciler:
         if not self.settings.post_events:
             return
         for t in transitions:
-            if t.type not in (st.READY, st.MODEL_LOAD_FAILED, st.SCHEDULED, st.DEGRADED) and not (
-                t.warning
-            ):
-                continue
             try:
                 await self.kube.post_event(
                     body,

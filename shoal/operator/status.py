@@ -27,6 +27,8 @@ MODEL_RESOLVED = "ModelResolved"
 
 # Condition types whose True status is bad news (Warning events).
 ABNORMAL_TRUE = frozenset({MODEL_LOAD_FAILED, DEGRADED})
+# Reasons that are part of normal operation even with the "bad" status.
+ROUTINE_REASONS = frozenset({"RolloutComplete", "ReplicasNotReady", "Creating"})
 MESSAGE_LIMIT = 1024
 # Waiting reasons that mean a replica cannot start; reported as such.
 _STUCK_WAITING = frozenset(
@@ -305,6 +307,9 @@ def compute_status(
         old = before.get(c["type"])
         if old is None or old.get("status") != c["status"] or old.get("reason") != c["reason"]:
             bad = c["status"] == ("True" if c["type"] in ABNORMAL_TRUE else "False")
+            bad = bad and c["reason"] not in ROUTINE_REASONS
+            if old is None and not bad and c["type"] != READY:
+                continue  # a first, healthy value is not news
             transitions.append(
                 Transition(c["type"], c["status"], c["reason"], c["message"], warning=bad)
             )

@@ -323,3 +323,115 @@ def _env(op: Operator, name: str) -> dict[str, str]:
     dep = op.get("deployment", name) or {}
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e.get("value", "") for e in c["env"]}
+
+
+def _restricted_kubeconfig(cluster: Any, path: Path) -> Path:
+    """A kubeconfig for the operator's own ServiceAccount (crds/operator-rbac.yaml)."""
+    token = cluster.kubectl(
+        "create", "token", "shoal-operator", "-n", "shoal-system", "--duration=1h"
+    ).stdout.strip()
+    cfg = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    for user in cfg["users"]:
+        user["user"] = {"token": token}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_cli_operator_with_its_rbac_and_peering(
+    crds: Any, k8s_namespace: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+    import urllib.request
+
+    root = HERE.parents[1]
+    crds.kubectl("create", "namespace", "shoal-system", check=False)
+    crds.kubectl("apply", "-f", str(root / "crds" / "operator-rbac.yaml"))
+    # RBAC grants what the operator uses, and not more.
+    sa = "system:serviceaccount:shoal-system:shoal-operator"
+    for verb, resource, allowed in [
+        ("patch", "deployments.apps", "yes"),
+        ("patch", "modelservices.serving.shoal.dev/status", "yes"),
+        ("delete", "deployments.apps", "no"),
+        ("get", "secrets", "no"),
+        ("update", "modelservices.serving.shoal.dev", "no"),
+    ]:
+        proc = crds.kubectl(
+            "auth", "can-i", verb, resource, "-n", k8s_namespace, f"--as={sa}", check=False
+        )
+        assert proc.stdout.strip() == allowed, (verb, resource, proc.stdout, proc.stderr)
+    crds.kubectl(
+        "apply", "-n", k8s_namespace, "-f", "-",
+        input=yaml.safe_dump(
+            {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+             "metadata": {"name": "shoal-operator"}}
+        ),
+    )  # fmt: skip
+    kubeconfig = _restricted_kubeconfig(crds, tmp_path / "operator.kubeconfig")
+    env = {**crds.env, "KUBECONFIG": str(kubeconfig), "SHOAL_OPERATOR_GPU_DEVICE": "auto"}
+    ports = [_free_port(), _free_port()]
+    procs = []
+    logs = []
+    try:
+        for prio, port in zip((20, 10), ports, strict=True):
+            log = (tmp_path / f"operator-{prio}.log").open("w")
+            logs.append(tmp_path / f"operator-{prio}.log")
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "shoal.operator", "-n", k8s_namespace,
+                     "--priority", str(prio), "--liveness", f"http://127.0.0.1:{port}/healthz"],
+                    env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+
+        def live(port: int) -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        crds.wait_for(lambda: live(ports[0]) and live(ports[1]), 60, "both liveness endpoints")
+
+        def peers() -> int:
+            obj = crds.get_json("kopfpeering", "shoal-operator", "-n", k8s_namespace)
+            return len(obj.get("status") or {})
+
+        crds.wait_for(lambda: peers() == 2, 60, "both replicas in the KopfPeering")
+        cli_op = Operator(crds, k8s_namespace, reconciler=None, runner=None)  # type: ignore[arg-type]
+        cli_op.apply(manifest("via-cli", _merge(ADDER, {"replicas": 1})))
+        cli_op.wait_condition("via-cli", "Ready", "True", "AllReplicasReady", 180)
+        # Only the higher priority acted; the other one stayed paused.
+        assert f"[{k8s_namespace}/via-cli] Handler" in logs[0].read_text()
+        assert "via-cli" not in logs[1].read_text()
+        cli_op.kubectl("delete", "msvc", "via-cli", "--wait=true", "--timeout=90s")
+
+        # The active replica goes away: the other one resumes and serves new objects.
+        procs[0].terminate()
+        procs[0].wait(timeout=30)
+        crds.wait_for(
+            lambda: "Resuming operations after the pause" in logs[1].read_text(),
+            90,
+            "the remaining replica resumes",
+        )
+        cli_op.apply(manifest("after-failover", _merge(ADDER, {"replicas": 1})))
+        cli_op.wait_condition("after-failover", "Ready", "True", "AllReplicasReady", 180)
+        assert f"[{k8s_namespace}/after-failover] Handler" in logs[1].read_text()
+        cli_op.kubectl("delete", "msvc", "after-failover", "--wait=true", "--timeout=90s")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

@@ -285,22 +285,17 @@ def test_compute_status_fields() -> None:
 def test_transition_times_and_events() -> None:
     starting, all_ready = CASES[1][1], CASES[2][1]
     s1, t1 = st.compute_status(starting, {}, T0)
-    assert {t.type for t in t1} == {
-        "Ready",
-        "Progressing",
-        "Scheduled",
-        "ModelLoadFailed",
-        "Degraded",
-    }
+    # A first, healthy value is not news; Ready always is; starting up is not a warning.
+    assert [(t.type, t.reason, t.warning) for t in t1] == [("Ready", "ReplicasNotReady", False)]
     # Same observation later: nothing changes, no patch, no events.
     s2, t2 = st.compute_status(starting, s1, T0 + timedelta(minutes=1))
     assert t2 == []
     assert st.status_patch(s2, s1) == {}
     # Ready flips: its time moves, unchanged conditions keep theirs.
     s3, t3 = st.compute_status(all_ready, s2, T0 + timedelta(minutes=2))
-    assert [(t.type, t.status, t.reason) for t in t3] == [
-        ("Ready", "True", "AllReplicasReady"),
-        ("Progressing", "False", "RolloutComplete"),
+    assert [(t.type, t.status, t.reason, t.warning) for t in t3] == [
+        ("Ready", "True", "AllReplicasReady", False),
+        ("Progressing", "False", "RolloutComplete", False),
     ]
     times = {c["type"]: c["lastTransitionTime"] for c in s3["conditions"]}
     assert times["Ready"] == "2026-01-01T12:02:00Z"
@@ -311,9 +306,9 @@ def test_transition_times_and_events() -> None:
 def test_warning_flags() -> None:
     _, ts = st.compute_status(CASES[8][1], {}, T0)
     warn = {t.type: t.warning for t in ts}
-    assert warn["ModelLoadFailed"] is True
-    assert warn["Ready"] is True
-    assert warn["Scheduled"] is False
+    assert warn == {"Ready": True, "ModelLoadFailed": True, "Degraded": True}
+    _, ts = st.compute_status(CASES[7][1], {}, T0)  # unschedulable GPU
+    assert {t.type: t.warning for t in ts}["Scheduled"] is True
 
 
 def test_status_patch_leaves_foreign_fields() -> None:
