@@ -27,6 +27,7 @@ def _slice(
     ports: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     labels = {"kubernetes.io/service-name": service} if service else {}
+    labels["app.kubernetes.io/name"] = "shoal-model"
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -160,7 +161,7 @@ async def test_gateway_view_follows_hand_made_endpoint_slices(
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": "hand"},
+        "metadata": {"name": "hand", "labels": {"app.kubernetes.io/name": "shoal-model"}},
         "spec": {"ports": [{"name": "http", "port": 8000}]},  # no selector: slices are ours
     }
     await asyncio.to_thread(_apply, k8s_cluster, ns, service)
@@ -193,8 +194,12 @@ async def test_gateway_routes_to_deployment_pods_and_drops_unready_ones(
     k8s_cluster: Cluster, k8s_namespace: str, k8s_gateway: GatewayApp
 ) -> None:
     ns, app = k8s_namespace, k8s_gateway
+    service = json.loads(manifests.service("web"))
+    service["metadata"]["labels"] = {"app.kubernetes.io/name": "shoal-model"}
+    await asyncio.to_thread(_apply, k8s_cluster, ns, service)
+    # A Service without the label is not a model (the controller copies labels to slices).
     await asyncio.to_thread(
-        k8s_cluster.kubectl, "apply", "-n", ns, "-f", "-", input=manifests.service("web")
+        k8s_cluster.kubectl, "apply", "-n", ns, "-f", "-", input=manifests.service("other")
     )
     await asyncio.to_thread(
         k8s_cluster.kubectl,
@@ -210,6 +215,7 @@ async def test_gateway_routes_to_deployment_pods_and_drops_unready_ones(
     )
     ips = _hosts(app, "web")
     assert ips is not None
+    assert "other" not in app.registry.models
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.port}", timeout=10) as client:
         seen = {(await client.get("/web/")).json()["ip"] for _ in range(30)}
         assert seen == ips, "both pods answer through the gateway"

@@ -49,7 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster credentials)")
     parser.add_argument("--namespace", help="namespace to watch (default: the pod's own)")
-    parser.add_argument("--label-selector", default="", help="only Services with these labels")
+    parser.add_argument(
+        "--label-selector",
+        default=KubernetesSettings().label_selector,
+        help="only Services with these labels ('' for every Service in the namespace)",
+    )
     parser.add_argument("--tokens-file", help="bearer tokens: YAML/JSON token -> [models] or '*'")
     parser.add_argument("--tokens-secret", help="Kubernetes Secret whose 'tokens' key holds them")
     parser.add_argument(

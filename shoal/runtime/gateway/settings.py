@@ -23,8 +23,9 @@ class KubernetesSettings:
     """Namespace to watch; None: the pod's own namespace (in-cluster) or the kubeconfig's."""
     kubeconfig: str | None = None
     """Path to a kubeconfig; None: in-cluster service account credentials."""
-    label_selector: str = ""
-    """Only EndpointSlices matching this selector (Services' labels are copied onto them)."""
+    label_selector: str = "app.kubernetes.io/name=shoal-model"
+    """Only EndpointSlices matching this selector (the EndpointSlice controller copies a
+    Service's labels onto its slices; the operator labels ModelService Services so)."""
     port_name: str = "http"
     """The EndpointSlice port that carries HTTP; a slice with one unnamed port uses that one."""
     tokens_secret: str | None = None
