@@ -193,7 +193,14 @@ def test_unmapped_image_waits_with_a_clear_reason(k8s_cluster: Cluster, k8s_name
 
 
 CLIENT = r"""
-import json, socket, urllib.request
+import json, socket, ssl, urllib.request
+d = "/var/run/secrets/kubernetes.io/serviceaccount"
+ctx = ssl.create_default_context(cafile=d + "/ca.crt")
+req = urllib.request.Request(
+    "https://kubernetes.default.svc/version",
+    headers={"Authorization": "Bearer " + open(d + "/token").read()},
+)
+api = json.load(urllib.request.urlopen(req, context=ctx, timeout=5))["gitVersion"]
 seen = set()
 for url in ["http://web/", "http://web.{ns}.svc.cluster.local/"] * 5:
     seen.add(json.load(urllib.request.urlopen(url, timeout=5))["pod"])
@@ -202,7 +209,8 @@ try:
     outside = "resolved"
 except socket.gaierror:
     outside = "nxdomain"
-open("/dev/termination-log", "w").write(json.dumps({"seen": sorted(seen), "outside": outside}))
+result = {"seen": sorted(seen), "outside": outside, "api": api}
+open("/dev/termination-log", "w").write(json.dumps(result))
 """
 
 
@@ -243,6 +251,7 @@ def test_service_cluster_ip_and_dns(k8s_cluster: Cluster, k8s_namespace: str) ->
     assert result["seen"]
     assert set(result["seen"]) <= pods
     assert result["outside"] == "nxdomain"  # cluster DNS never forwards outside
+    assert result["api"] == "v1.36.3"  # the API server via kubernetes.default.svc
 
 
 def test_init_container_runs_first_and_shares_volumes(
