@@ -60,7 +60,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if session.config.option.collectonly:
         return
     if _wanted(session) and _State.cluster is None and _State.error is None:
-        _start()
+        # Uncaptured, so that a first build's progress (minutes) shows on the terminal.
+        capman = session.config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            _start()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
