@@ -112,6 +112,12 @@ class Cluster:
         path = self.run_dir / "pods" / obj["metadata"]["uid"] / "logs" / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def pod_pids(self, namespace: str, pod: str) -> list[int]:
+        """Host pids of the processes running in a pod (e.g. to SIGKILL a replica under load:
+        the kubelet then restarts it per restartPolicy, like a crashed container)."""
+        uid = self.get_json("pod", "-n", namespace, pod)["metadata"]["uid"]
+        return network.netns_pids(f"{Slot(self.slot).netns_prefix}{uid.replace('-', '')[:10]}")
+
     @property
     def host_ip(self) -> str:
         """The bridge address: the host as pods see it (bind a test server here to reach it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,21 @@ def test_exec_and_tcp_probes_startup_liveness_readiness(
     assert cs["started"]
     assert cs["lastState"]["terminated"]["exitCode"] in (137, 143)  # killed for liveness
     assert "running" in cs["state"]
+
+
+def test_killed_container_is_restarted(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    ns = k8s_namespace
+    c = {"name": "c", "image": "python:3.11", "command": ["sleep", "3600"]}
+    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.pod("victim", [c]))
+    pod_when(k8s_cluster, ns, "victim", lambda p: p["status"]["phase"] == "Running")
+    (pid,) = k8s_cluster.pod_pids(ns, "victim")
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted(p: Any) -> bool:
+        cs = p["status"]["containerStatuses"][0]
+        return bool(cs["restartCount"] == 1 and "running" in cs["state"])
+
+    pod = pod_when(k8s_cluster, ns, "victim", restarted)
+    last = pod["status"]["containerStatuses"][0]["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"], last["signal"]) == (137, "Error", 9)
+    assert k8s_cluster.pod_pids(ns, "victim") != [pid]
