@@ -69,6 +69,30 @@ class ForestIris(_SklearnIris):
         super().__init__(RandomForestClassifier(n_estimators=n_estimators, random_state=seed))
 
 
+class Classifier(_SklearnIris):
+    """The classifier of the ModelService manifests (examples/iris*.yaml): logistic regression
+    trained at load, or, with `uri`, a fitted scikit-learn model loaded from MLflow
+    (`models:/iris@champion`, `runs:/...`, a local MLflow model directory) or a joblib file."""
+
+    def __init__(self, uri: str | None = None, C: float = 1.0) -> None:
+        if uri is None:
+            from sklearn.linear_model import LogisticRegression
+
+            super().__init__(LogisticRegression(C=C, max_iter=1000))
+            return
+        from sklearn.datasets import load_iris
+
+        self.classes = [str(n) for n in load_iris().target_names]
+        if uri.endswith((".joblib", ".pkl")):
+            import joblib
+
+            self.model = joblib.load(uri)
+        else:
+            import mlflow.sklearn
+
+            self.model = mlflow.sklearn.load_model(uri)
+
+
 class IrisEnsemble:
     """Averages its members' probabilities; members are called concurrently."""
 

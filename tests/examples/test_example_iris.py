@@ -23,6 +23,7 @@ def members() -> Iterator[ServeProcess]:
         "iris-logistic=examples.iris:LogisticIris",
         "iris-forest=examples.iris:ForestIris",
         "iris=examples.iris:IrisEnsemble",
+        "classifier=examples.iris:Classifier",
         cwd=ROOT,
     ) as proc:
         yield proc
@@ -35,7 +36,7 @@ def predict(url: str, model: str, rows: list[list[float]]) -> list[dict[str, obj
     return predictions
 
 
-@pytest.mark.parametrize("model", ["iris-logistic", "iris-forest", "iris"])
+@pytest.mark.parametrize("model", ["iris-logistic", "iris-forest", "iris", "classifier"])
 def test_each_model_classifies_the_three_species(members: ServeProcess, model: str) -> None:
     answers = predict(members.url, model, [SETOSA, VERSICOLOR, VIRGINICA])
     assert [a["class"] for a in answers] == ["setosa", "versicolor", "virginica"]

@@ -91,3 +91,18 @@ def test_registry_version_loads_in_process(store: tuple[str, str]) -> None:
     assert device == "cpu"
     assert isinstance(model, MlflowPyfunc)
     assert MlflowPyfunc.__call__.func(model, [SETOSA, VIRGINICA]) == [0, 2]
+
+
+def test_a_class_receives_the_registry_uri(store: tuple[str, str]) -> None:
+    # examples/registry-alias.yaml: class examples.iris:Classifier with uri models:/iris@champion
+    tracking, _ = store
+    env = {**OFFLINE, "MLFLOW_TRACKING_URI": tracking}
+    args = ("iris=examples.iris:Classifier", "--model-uri", "models:/iris@champion")
+    with ServeProcess(*args, cwd=ROOT, env=env) as proc:
+        r = httpx.post(
+            f"{proc.url}/v1/models/iris:predict",
+            json={"instances": [SETOSA, VIRGINICA]},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert [p["class"] for p in r.json()["predictions"]] == ["setosa", "virginica"]
