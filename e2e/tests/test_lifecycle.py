@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ def test_crashing_container_is_restarted_with_exit_code_and_message(
 
 
 def test_namespace_deletion_cleans_up(k8s_cluster: Cluster) -> None:
-    ns = "t-nsdel"
+    ns = f"t-nsdel-{uuid.uuid4().hex[:6]}"
     k8s_cluster.kubectl("create", "namespace", ns)
     k8s_cluster.wait_for(
         lambda: k8s_cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode == 0,
