@@ -48,7 +48,9 @@ class FakeReplica:
 
     ident: str
     mode: str = "ok"
-    """ok | draining | slow (waits for `gate`) | stream (chunks from `chunks`)"""
+    """ok | draining | busy (503 + Retry-After while `busy_left` > 0) | slow (waits for `gate`)
+    | stream (chunks from `chunks`)"""
+    busy_left: int = 0
     seen: list[Seen] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
@@ -88,6 +90,10 @@ class FakeReplica:
                 {"error": "replica is draining"},
                 [(b"retry-after", b"1"), (b"x-shoal-draining", b"1")],
             )
+            return
+        if self.mode == "busy" and self.busy_left > 0:
+            self.busy_left -= 1
+            await _send_json(send, 503, {"error": "queue full"}, [(b"retry-after", b"1")])
             return
         if self.mode == "slow":
             await self.gate.wait()

@@ -118,3 +118,36 @@ async def test_rolling_update_holds_when_the_only_replica_drains(replicas, gatew
     resp = await task
     assert resp.status_code == 200
     assert resp.json()["replica"] == "new"
+
+
+async def test_busy_replica_refusal_is_held_and_sent_again(replicas, gateway) -> None:
+    rep = await replicas("busy")
+    rep.mode = "busy"
+    rep.busy_left = 3
+    gw = await gateway({"m": [rep.url]})
+    resp = await gw.client.post("/v1/models/m:predict", content=b"x")
+    assert resp.status_code == 200
+    assert len(rep.seen) == 4, "three refusals, then served"
+    text = (await gw.client.get("/metrics")).text
+    assert f'{metric_names.GATEWAY_RETRIES_TOTAL}{{model="m",reason="saturated"}} 3.0' in text
+
+
+async def test_busy_replica_until_the_deadline_is_504(replicas, gateway) -> None:
+    rep = await replicas("busy")
+    rep.mode = "busy"
+    rep.busy_left = 10**9
+    gw = await gateway({"m": [rep.url]})
+    resp = await gw.client.post("/v1/models/m:predict", headers={"x-shoal-timeout-ms": "300"})
+    assert resp.status_code == 504
+    assert "busy" in resp.json()["error"]
+
+
+async def test_busy_refusal_passes_through_when_holding_is_off(replicas, gateway) -> None:
+    rep = await replicas("busy")
+    rep.mode = "busy"
+    rep.busy_left = 1
+    gw = await gateway({"m": [rep.url]}, max_held_per_model=0)
+    resp = await gw.client.post("/v1/models/m:predict")
+    assert resp.status_code == 503
+    assert resp.headers["retry-after"] == "1"
+    assert resp.json() == {"error": "queue full"}

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from shoal import metric_names
+from shoal.runtime.gateway.registry import Endpoint
 from shoal.runtime.testing import ServeProcess
 from tests.gateway.conftest import RunningGateway, wait_until
 
@@ -113,3 +114,27 @@ async def test_draining_replica_gets_no_new_requests(adders, gateway) -> None:
     metrics = (await gw.client.get("/metrics")).text
     refused = _retries(metrics, "draining")
     assert 1 <= refused <= 8, f"only requests already on their way were refused ({refused})"
+
+
+async def test_held_burst_released_onto_a_small_queue_is_served_in_full(adders, gateway) -> None:
+    """Scale from zero with a burst: the first replica's queue is far smaller than the burst.
+    Its queue-full refusals are held and sent again, so every request is served."""
+    gw = await gateway({"adder": []})
+    model = gw.app.registry.models["adder"]
+    client = httpx.AsyncClient(base_url=gw.url, timeout=60.0)
+    try:
+        burst = [
+            asyncio.create_task(client.post("/v1/models/adder:predict", json={"instances": [i]}))
+            for i in range(40)
+        ]
+        await wait_until(lambda: len(model.hold) == 40, what="the burst held at zero")
+        (rep,) = await adders(1, "--max-queue-size", "2")
+        port = int(rep.url.rsplit(":", 1)[1])
+        gw.app.registry.set_model("adder", [Endpoint("127.0.0.1", port)])
+        results = await asyncio.gather(*burst)
+    finally:
+        await client.aclose()
+    assert [r.status_code for r in results] == [200] * 40
+    assert [r.json()["predictions"] for r in results] == [[i + 1] for i in range(40)]
+    metrics = (await gw.client.get("/metrics")).text
+    assert _retries(metrics, "saturated") >= 1, "the small queue did overflow"

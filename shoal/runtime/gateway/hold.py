@@ -44,6 +44,15 @@ class HoldQueue:
                 self._waiters.remove(fut)
         return True
 
+    def release_one(self) -> bool:
+        """Wake the oldest held request (a replica finished one: there may be room now)."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return True
+        return False
+
     def release(self) -> int:
         """Wake every held request, oldest first (they run in that order); returns how many."""
         n = 0

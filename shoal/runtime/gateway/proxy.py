@@ -9,6 +9,7 @@ always fully buffered), within the deadline, `max_attempts` and the model's retr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import random
@@ -48,6 +49,8 @@ class _Outcome(enum.Enum):
     CONNECT = "connect"
     RESET = "reset"
     DRAINING = "draining"
+    SATURATED = "saturated"
+    """503 + Retry-After without draining: the replica's queue is full or it is still loading."""
 
 
 class Gateway:
@@ -207,9 +210,24 @@ class Gateway:
                     return
                 continue
             attempts += 1
-            outcome = await self._attempt(req, conn, replica, prefix, suffix, deadline)
+            outcome = await self._attempt(req, conn, model, replica, prefix, suffix, deadline)
             if isinstance(outcome, tuple):
-                draining_response = outcome
+                kind, saved = outcome
+                if kind is _Outcome.SATURATED:
+                    # Busy, not broken: wait here (bounded, within the deadline) until a
+                    # replica of this model finishes a request, the replica set changes, or a
+                    # short recheck interval passes; then choose again. Not a retry: no
+                    # budget spent, nobody excluded.
+                    if await self._wait_for_room(model, deadline):
+                        attempts -= 1
+                        self.metrics.retried(model.name, _Outcome.SATURATED.value)
+                        continue
+                    if self._clock() >= deadline:
+                        self._error(conn, 504, "deadline passed while every replica was busy")
+                    else:
+                        conn.write_full(*saved)
+                    return
+                draining_response = saved
                 last_failure = _Outcome.DRAINING
             elif outcome is _Outcome.DONE:
                 return
@@ -233,15 +251,29 @@ class Gateway:
             why = "refused the connection" if last_failure is _Outcome.CONNECT else "reset it"
             self._error(conn, 502, f"replica of {model.name!r} {why}", retry_after=True)
 
+    async def _wait_for_room(self, model: Model, deadline: float) -> bool:
+        """Hold a request a saturated replica refused; False: answer with that refusal."""
+        if not (model.holdable and model.hold.limit > 0):
+            return False
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            return False
+        try:
+            await model.hold.wait(min(remaining, self.settings.retry.saturated_recheck_s))
+        except HoldFull:
+            return False
+        return self._clock() < deadline
+
     async def _attempt(
         self,
         req: Request,
         conn: HttpConnection,
+        model: Model,
         replica: Replica,
         prefix: bytes,
         suffix: bytes,
         deadline: float,
-    ) -> _Outcome | tuple[int, bytes, bytes]:
+    ) -> _Outcome | tuple[_Outcome, tuple[int, bytes, bytes]]:
         """One try on one replica. DONE when a response (or a final error) went to the client."""
         replica.outstanding += 1
         up: UpstreamConnection | None = None
@@ -279,19 +311,27 @@ class Gateway:
                     up.abort()
                 raise
             replica.succeeded()
-            if up.draining and up.status == 503:
-                replica.mark_draining(self._clock(), self.settings.retry.drain_eject_s)
+            if up.status == 503 and (up.draining or up.retry_after):
+                if up.draining:
+                    replica.mark_draining(self._clock(), self.settings.retry.drain_eject_s)
+                kind = _Outcome.DRAINING if up.draining else _Outcome.SATURATED
+                body = b""
+                if not up.complete:
+                    # A short error body written after its head: wait for its first piece.
+                    with contextlib.suppress(UpstreamError):
+                        body = await up.next_chunk() or b""
                 if up.complete:
-                    body = up.take_body()
+                    body += up.take_body()
                     up.finish()
                 else:
-                    body = b""
                     up.abort()
-                return (up.status, bytes(up.header_block), body)
+                return (kind, (up.status, bytes(up.header_block), body))
             await self._relay(conn, up)
             return _Outcome.DONE
         finally:
             replica.outstanding -= 1
+            if len(model.hold):
+                model.hold.release_one()
 
     async def _relay(self, conn: HttpConnection, up: UpstreamConnection) -> None:
         if up.complete:

@@ -85,6 +85,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.content_length: int | None = None
         self.chunked = False
         self.draining = False
+        self.retry_after = False
         self.event_stream = False
         """A streaming media type (SSE, NDJSON): forward the head at once, before any event."""
         self.keep_alive = True
@@ -214,6 +215,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if name == b"x-shoal-draining" and value.strip() == b"1":
             self.draining = True
+        elif name == b"retry-after":
+            self.retry_after = True
         elif name == b"content-type" and value.lower().startswith(_STREAM_TYPES):
             self.event_stream = True
         self.header_block += name + b": " + value + b"\r\n"
