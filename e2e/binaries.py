@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -47,8 +48,6 @@ def ensure(timeout_s: float = 3600.0) -> Path:
 
 
 def _env(extra_path: str) -> dict[str, str]:
-    import os
-
     env = dict(os.environ)
     env["PATH"] = f"{env.get('PATH', '')}:{extra_path}"
     return env

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from e2e import binaries, network
+from e2e.controlplane import processes_under
+from e2e.daemon import clean_slot, lock_slot
 from e2e.layout import Slot, state_root
 
 log = logging.getLogger(__name__)
@@ -211,8 +213,6 @@ def stop(slot: Slot, pid: int | None = None, timeout_s: float = 60.0) -> list[st
         time.sleep(0.2)  # poll interval of a wait with a deadline
     if pid is not None and _alive(pid):
         os.kill(pid, signal.SIGKILL)
-    from e2e.daemon import clean_slot, lock_slot
-
     lock = lock_slot(slot)
     if lock is not None:  # nobody runs the slot: remove what a crash may have left
         clean_slot(slot, keep_logs=True)
@@ -235,8 +235,6 @@ def _alive(pid: int) -> bool:
 
 def leftovers(slot: Slot) -> list[str]:
     """Processes, network devices and namespaces of the slot that still exist."""
-    from e2e.controlplane import processes_under
-
     found = network.leftovers(slot)
     found += [f"process {pid}" for pid in processes_under(slot.root)]
     return found
