@@ -1,0 +1,85 @@
+"""torch in the runtime: inference mode and eval mode in worker threads, the device kwarg, and
+the loader thread's torch thread count holding in the worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import shoal
+from shoal.runtime.loading import ModelSpec, instantiate
+from shoal.runtime.model import ServedModel
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Probe:
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+
+    @shoal.batch(max_batch_size=4, batch_wait_timeout_s=0.0)
+    def __call__(self, rows: list[Any]) -> list[Any]:
+        x = torch.tensor(rows, dtype=torch.float32)
+        y = self.net(x)
+        return [
+            {
+                "inference_mode": torch.is_inference_mode_enabled(),
+                "training": self.net.training,
+                "requires_grad": bool(y.requires_grad),
+                "device": str(y.device),
+            }
+            for _ in rows
+        ]
+
+
+async def test_sync_model_runs_in_inference_and_eval_mode_on_its_device() -> None:
+    obj, device = instantiate(ModelSpec("probe", f"{__file__}:Probe"), "auto")
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert obj.device == device  # the device reached __init__ as device=
+    model = ServedModel("probe", obj)
+    await model.start()
+    loop_time = asyncio.get_running_loop().time()
+    (answer,) = await model.infer([[1.0, 2.0]], loop_time + 30)
+    await model.aclose()
+    assert answer["inference_mode"] is True
+    assert answer["training"] is False  # eval(): dropout off
+    assert answer["requires_grad"] is False
+    assert answer["device"].startswith(device)
+
+
+SCRIPT = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+import torch
+from shoal.runtime.execution import call_sync
+from shoal.runtime.loading import ModelSpec, instantiate
+
+src = open("{path}", "w")
+src.write("import torch\\nclass M:\\n    def __init__(self):\\n        torch.set_num_threads(1)\\n")
+src.close()
+# like the runtime: the model is built in a loader thread
+loader = ThreadPoolExecutor(1)
+loader.submit(instantiate, ModelSpec("m", "{path}:M"), "cpu").result()
+worker = ThreadPoolExecutor(1)
+print(worker.submit(call_sync, torch.get_num_threads).result())
+"""
+
+
+def test_the_loader_threads_torch_thread_count_holds_in_worker_threads(tmp_path: Path) -> None:
+    script = SCRIPT.format(path=tmp_path / "m.py")
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
