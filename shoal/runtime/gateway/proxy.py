@@ -178,6 +178,7 @@ class Gateway:
         model.budget.record_request()
         tried: list[Replica] = []
         attempts = 0
+        busy_waits = 0
         last_failure: _Outcome | None = None
         draining_response: tuple[int, bytes, bytes] | None = None
         while True:
@@ -218,7 +219,8 @@ class Gateway:
                     # replica of this model finishes a request, the replica set changes, or a
                     # short recheck interval passes; then choose again. Not a retry: no
                     # budget spent, nobody excluded.
-                    if await self._wait_for_room(model, deadline):
+                    busy_waits += 1
+                    if await self._wait_for_room(model, deadline, busy_waits):
                         attempts -= 1
                         self.metrics.retried(model.name, _Outcome.SATURATED.value)
                         continue
@@ -251,15 +253,21 @@ class Gateway:
             why = "refused the connection" if last_failure is _Outcome.CONNECT else "reset it"
             self._error(conn, 502, f"replica of {model.name!r} {why}", retry_after=True)
 
-    async def _wait_for_room(self, model: Model, deadline: float) -> bool:
-        """Hold a request a saturated replica refused; False: answer with that refusal."""
+    async def _wait_for_room(self, model: Model, deadline: float, waits: int) -> bool:
+        """Hold a request a saturated replica refused; False: answer with that refusal.
+
+        Completions on the model wake held requests one for one; the timer (doubling per
+        wait, up to 1 s) only covers refusals no completion here will answer (a replica still
+        loading, or one kept busy by another gateway), so resends never swamp a busy replica.
+        """
         if not (model.holdable and model.hold.limit > 0):
             return False
         remaining = deadline - self._clock()
         if remaining <= 0:
             return False
         try:
-            await model.hold.wait(min(remaining, self.settings.retry.saturated_recheck_s))
+            backoff = self.settings.retry.saturated_recheck_s * (1 << min(waits - 1, 10))
+            await model.hold.wait(min(remaining, backoff, 1.0))
         except HoldFull:
             return False
         return self._clock() < deadline

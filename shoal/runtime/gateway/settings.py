@@ -58,9 +58,9 @@ class RetrySettings:
     """Cap on saved-up retry tokens (the largest burst of retries)."""
     eject_s: float = 1.0
     """A replica that refused a connection is skipped this long (doubling while it fails)."""
-    saturated_recheck_s: float = 0.1
-    """A request a busy replica refused (503 + Retry-After, not draining) waits at most this
-    long for a completion on its model before it is sent again (within its deadline)."""
+    saturated_recheck_s: float = 0.05
+    """A request a busy replica refused (503 + Retry-After, not draining) waits for a completion
+    on its model, at most this long (doubling per refusal, up to 1 s), then is sent again."""
     drain_eject_s: float = 30.0
     """A replica that answered 'draining' is skipped this long (discovery removes it meanwhile)."""
 
