@@ -54,24 +54,34 @@ async def test_sync_model_runs_in_inference_and_eval_mode_on_its_device() -> Non
 
 
 SCRIPT = """
-import threading
+import os
 from concurrent.futures import ThreadPoolExecutor
 import torch
 from shoal.runtime.execution import call_sync
 from shoal.runtime.loading import ModelSpec, instantiate
 
-src = open("{path}", "w")
-src.write("import torch\\nclass M:\\n    def __init__(self):\\n        torch.set_num_threads(1)\\n")
-src.close()
-# like the runtime: the model is built in a loader thread
+with open("{path}", "w") as src:
+    src.write("import torch\\nclass M:\\n    def __init__(self):\\n"
+              "        torch.set_num_threads(1)\\n")
+# like the runtime: the model is built in a loader thread, run in a worker thread
 loader = ThreadPoolExecutor(1)
 loader.submit(instantiate, ModelSpec("m", "{path}:M"), "cpu").result()
-worker = ThreadPoolExecutor(1)
-print(worker.submit(call_sync, torch.get_num_threads).result())
+x = torch.randn(512, 512)
+
+def work():
+    for _ in range(20):
+        x @ x
+    return len(os.listdir("/proc/self/task"))
+
+before = len(os.listdir("/proc/self/task"))
+after = ThreadPoolExecutor(1).submit(call_sync, work).result()
+print(after - before)
 """
 
 
 def test_the_loader_threads_torch_thread_count_holds_in_worker_threads(tmp_path: Path) -> None:
+    # OpenMP keeps the thread count per thread: without the runtime carrying it over, the
+    # worker's matmuls would start extra OpenMP threads (and burn CPU spinning on 2 cores).
     script = SCRIPT.format(path=tmp_path / "m.py")
     done = subprocess.run(
         [sys.executable, "-c", script],
@@ -82,4 +92,4 @@ def test_the_loader_threads_torch_thread_count_holds_in_worker_threads(tmp_path:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "1"
+    assert done.stdout.strip() == "1"  # the worker thread itself, no OpenMP helpers
