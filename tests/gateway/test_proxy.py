@@ -234,3 +234,31 @@ async def test_head_and_body_written_apart_reach_the_client_as_one_sized_respons
         assert "transfer-encoding" not in resp.headers
     finally:
         server.close()
+
+
+async def test_request_ids_are_propagated_or_assigned(replicas, gateway) -> None:
+    rep = await replicas("a")
+    slow = await replicas("slow")
+    slow.mode = "slow"
+    gw = await gateway({"m": [rep.url], "s": [slow.url]})
+    await gw.client.post("/v1/models/m:predict", headers={"x-request-id": "client-42"})
+    assert rep.seen[-1].headers["x-request-id"] == "client-42"
+    await gw.client.post("/v1/models/m:predict")
+    await gw.client.post("/v1/models/m:predict")
+    assigned = [s.headers["x-request-id"] for s in rep.seen[-2:]]
+    assert all(a.startswith("gw") for a in assigned)
+    assert assigned[0] != assigned[1]
+    resp = await gw.client.post(
+        "/v1/models/s:predict", headers={"x-shoal-timeout-ms": "100", "x-request-id": "late-1"}
+    )
+    assert resp.status_code == 504
+    assert resp.headers["x-request-id"] == "late-1"
+
+
+async def test_unknown_model_names_do_not_become_metric_labels(replicas, gateway) -> None:
+    rep = await replicas("a")
+    gw = await gateway({"m": [rep.url]})
+    for i in range(5):
+        assert (await gw.client.post(f"/v1/models/junk-{i}:predict")).status_code == 404
+    text = (await gw.client.get("/metrics")).text
+    assert "junk" not in text

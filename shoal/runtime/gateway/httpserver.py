@@ -120,6 +120,8 @@ class HttpConnection(asyncio.Protocol):
         # Per-response state, read by the gateway after a response.
         self.status = 0
         self.head_sent = False
+        self.request_id: bytes | None = None
+        """Set by the gateway for model requests (its own or the client's x-request-id)."""
         self._chunked = False
         self._keep_alive = True
         self._head_only = False
@@ -329,6 +331,7 @@ class HttpConnection(asyncio.Protocol):
     def _start(self, request: Request) -> None:
         self.status = 0
         self.head_sent = False
+        self.request_id = None
         self._chunked = False
         self._keep_alive = request.keep_alive and not self._stopping
         self._head_only = request.method == b"HEAD"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import random
 from collections.abc import Callable
@@ -70,6 +71,8 @@ class Gateway:
         self._clock = clock or asyncio.get_running_loop().time
         self._rng = rng or random.Random()
         self._retry_after = b"retry-after: %d\r\n" % settings.retry_after_s
+        self._rid_prefix = b"gw%08x" % self._rng.getrandbits(32)
+        self._rid_counter = itertools.count(1)
 
     # -- entry point --------------------------------------------------------------------------
 
@@ -126,7 +129,13 @@ class Gateway:
                 continue
             if hname == b"authorization":
                 authorization = value
+            elif hname == b"x-request-id":
+                conn.request_id = value
             forwarded += hname + b": " + value + b"\r\n"
+        if conn.request_id is None:
+            # The replica adopts it (and echoes it back), so its logs and ours line up.
+            conn.request_id = b"%b-%d" % (self._rid_prefix, next(self._rid_counter))
+            forwarded += b"x-request-id: " + conn.request_id + b"\r\n"
         if self.auth is not None:
             denial = self.auth.check(authorization, name)
             if denial is not None:
@@ -399,6 +408,12 @@ class Gateway:
         **extra: object,
     ) -> None:
         headers = JSON_HEADER + self._retry_after if retry_after else JSON_HEADER
+        if conn.request_id is not None:
+            headers += b"x-request-id: " + conn.request_id + b"\r\n"
+            if status >= 500:
+                log.warning(
+                    "%d %s", status, message, extra={"request_id": conn.request_id.decode()}
+                )
         conn.write_full(status, headers, json_body(status, message, **extra))
 
     def _deny(self, conn: HttpConnection, status: int, message: str) -> None:
