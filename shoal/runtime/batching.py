@@ -27,6 +27,7 @@ from typing import Any, Generic, TypeVar, overload
 from shoal.runtime.clock import Clock, LoopClock, TimerHandle
 from shoal.runtime.errors import (
     ClientGone,
+    InvalidInput,
     ModelError,
     NotReady,
     QueueFull,
@@ -159,6 +160,11 @@ class Batcher(Generic[In, Out]):
             loop = self._loop = asyncio.get_running_loop()
         queue = self._queue
         limit = self.policy.max_queue_size
+        if limit is not None and len(values) > limit:
+            raise InvalidInput(
+                f"{self.name}: a request of {len(values)} rows cannot fit a queue of {limit}; "
+                f"send at most {limit} rows per request"
+            )
         if limit is not None and len(queue) + len(values) > limit:
             raise QueueFull(
                 f"{self.name}: queue is full ({len(queue)} waiting, limit {limit}); retry later"

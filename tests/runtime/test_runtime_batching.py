@@ -193,6 +193,8 @@ async def test_queue_bound_refuses_all_or_nothing() -> None:
     b.submit(3)
     with pytest.raises(QueueFull):
         b.submit(4)
+    with pytest.raises(InvalidInput, match="4 rows cannot fit a queue of 3"):
+        b.submit_many([1, 2, 3, 4])
 
 
 async def test_concurrent_batches_run_together() -> None:
