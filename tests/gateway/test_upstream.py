@@ -50,3 +50,23 @@ async def test_refused_connection_frees_its_slot() -> None:
         with pytest.raises(ConnectError, match="cannot connect"):
             await pool.acquire()
     assert pool.total == 0
+
+
+async def test_idle_connections_past_their_age_are_not_reused() -> None:
+    server, port = await _server()
+    pool = UpstreamPool(
+        "127.0.0.1", port, UpstreamSettings(max_connections=4, max_idle=4, idle_timeout_s=0.0)
+    )
+    try:
+        conn = await pool.acquire()
+        conn.in_flight = True
+        conn.complete = True
+        conn.finish()
+        assert pool.idle == 1
+        fresh = await pool.acquire()
+        assert fresh is not conn, "an idle connection at its age limit is closed, not reused"
+        assert conn.transport is not None
+        assert conn.transport.is_closing()
+    finally:
+        pool.close()
+        server.close()

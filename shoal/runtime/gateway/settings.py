@@ -41,6 +41,10 @@ class UpstreamSettings:
     max_idle: int = 64
     """Idle keep-alive connections kept per replica."""
     connect_timeout_s: float = 1.0
+    idle_timeout_s: float = 60.0
+    """An idle connection older than this is closed instead of reused: shorter than the
+    replica's keep-alive timeout (75 s in `shoal serve`), so the replica never closes one
+    just as the gateway sends on it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.counted = False
+        self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._reset()
@@ -279,9 +280,15 @@ class UpstreamPool:
     async def acquire(self) -> UpstreamConnection:
         while True:
             idle = self._idle
-            while idle:
-                conn = idle.pop()
-                if not conn.closed:
+            if idle:
+                oldest_ok = asyncio.get_running_loop().time() - self.settings.idle_timeout_s
+                while idle:
+                    conn = idle.pop()
+                    if conn.closed:
+                        continue
+                    if conn.idle_since < oldest_ok:
+                        conn.close()
+                        continue
                     return conn
             if self.closing:
                 raise ConnectError(f"replica {self.host}:{self.port} was removed")
@@ -333,6 +340,7 @@ class UpstreamPool:
             if self._wake_one(conn):
                 return
             if len(self._idle) < self.settings.max_idle:
+                conn.idle_since = asyncio.get_running_loop().time()
                 self._idle.append(conn)
                 return
         conn.close()
