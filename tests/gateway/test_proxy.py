@@ -262,3 +262,16 @@ async def test_unknown_model_names_do_not_become_metric_labels(replicas, gateway
         assert (await gw.client.post(f"/v1/models/junk-{i}:predict")).status_code == 404
     text = (await gw.client.get("/metrics")).text
     assert "junk" not in text
+
+
+async def test_head_request_gets_headers_only_and_the_connection_stays_usable(
+    replicas, gateway
+) -> None:
+    rep = await replicas("a")
+    gw = await gateway({"m": [rep.url]})
+    resp = await gw.client.head("/v1/models/m")
+    assert resp.status_code == 200
+    assert resp.content == b""
+    assert resp.headers["x-replica"] == "a"
+    resp = await gw.client.get("/v1/models/m")
+    assert resp.json()["replica"] == "a"
