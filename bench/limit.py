@@ -32,10 +32,16 @@ def measure(config: ModelConfig, batch: int, duration_s: float) -> dict[str, obj
         core.predict_rows(rows)
         calls += 1
     elapsed = time.perf_counter() - start
+    one = [sample_row()]
+    t0 = time.perf_counter()
+    for _ in range(20):
+        core.predict_rows(one)
+    single_ms = (time.perf_counter() - t0) / 20 * 1e3
     return {
         "rows_per_s": calls * batch / elapsed,
         "batch": batch,
         "call_ms": elapsed / calls * 1e3,
+        "single_row_call_ms": single_ms,
         "expected": expected,
     }
 

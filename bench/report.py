@@ -206,6 +206,18 @@ def _goals(doc: dict[str, Any], rows: list[dict[str, Any]], conns: int, mod: int
             f"(goal < 1 ms), p99 {a99:+.2f} ms (goal < 3 ms): "
             f"{_goal(a50 < 1 and a99 < 3)}\n"
         )
+    for wname in ("W1", "W2"):
+        idle = _find(rows, wname, "shoal", 1, "v2")
+        one = doc["limits"].get(wname, {}).get("single_row_call_ms")
+        if idle is not None and one is not None:
+            wait_ms = doc["knobs"]["batch_wait_timeout_s"] * 1e3
+            bound = wait_ms + one + 1.0
+            lines.append(
+                f"- {wname} idle (1 client) Shoal V2: p50 {idle['p50_ms']:.2f} ms, mean batch "
+                f"{idle['mean_batch']:.1f} (goal: batch_wait_timeout_s {wait_ms:g} ms + one model "
+                f"call {one:.2f} ms, +1 ms allowed for HTTP on loopback = {bound:.2f} ms): "
+                f"{_goal(idle['p50_ms'] <= bound)}\n"
+            )
     floor = _find(rows, "W1", "floor", conns)
     for proto in ("v1", "v2"):
         s = _find(rows, "W1", "shoal", conns, proto)

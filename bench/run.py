@@ -230,6 +230,9 @@ def _shoal_and_gateway(run: Run, wl: Workload, with_gateway: bool) -> None:
     with running(spec, run.log_dir / wl.name, servers.ROOT) as replica:
         metrics = replica.base + "/metrics"
         _measure_endpoints(run, wl, "shoal", replica, endpoints, stats, s.plan.connections, metrics)
+        # Idle: one client, so every request waits out batch_wait_timeout_s alone.
+        v2 = [ep for ep in endpoints if ep.protocol == "v2"]
+        _measure_endpoints(run, wl, "shoal", replica, v2, stats, 1, metrics)
         if not with_gateway:
             return
         gw_spec = servers.shoal_gateway(replica.base, stats)
@@ -239,7 +242,6 @@ def _shoal_and_gateway(run: Run, wl: Workload, with_gateway: bool) -> None:
                 run, wl, "shoal-gateway", gw, endpoints, stats, s.plan.connections, metrics, behind
             )
             # The latency the gateway adds, at moderate load (queueing hides it at saturation).
-            v2 = [ep for ep in endpoints if ep.protocol == "v2"]
             _measure_endpoints(
                 run, wl, "shoal", replica, v2, stats, s.moderate_connections, metrics
             )
