@@ -93,7 +93,11 @@ def _from_json_data(name: str, datatype: str, data: Any, count: int) -> np.ndarr
         low, high = _INT_RANGE[datatype]
         if arr.min() < low or arr.max() > high:
             raise _fail(f"input {name!r}: a value is out of range for {datatype}")
-    return arr.astype(target, copy=False)
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return arr.astype(target, copy=False)
+    except FloatingPointError:
+        raise _fail(f"input {name!r}: a value is out of range for {datatype}") from None
 
 
 def _from_binary(name: str, datatype: str, raw: bytes, count: int) -> np.ndarray[Any, Any]:
@@ -148,7 +152,7 @@ def parse_infer(
         if name in arrays:
             raise _fail(f"input {name!r} given twice")
         datatype = tensor.get("datatype")
-        if datatype not in DTYPES:
+        if not isinstance(datatype, str) or datatype not in DTYPES:
             raise _fail(
                 f"input {name!r}: unknown datatype {datatype!r}; "
                 f"expected one of {', '.join(DTYPES)}"
