@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 from pydantic import ValidationError
@@ -34,6 +34,23 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 Log = logging.Logger | logging.LoggerAdapter[Any]
+
+
+class KubeClient(Protocol):
+    """What the reconciler needs from the API (kube.Kube; a fake in unit tests)."""
+
+    async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]: ...
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None: ...
+    async def list(
+        self, api_version: str, kind: str, namespace: str, label_selector: str
+    ) -> list[dict[str, Any]]: ...
+    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None: ...
+    async def post_event(
+        self, involved: Mapping[str, Any], *, type_: str, reason: str, message: str, now: datetime
+    ) -> None: ...
+    async def close(self) -> None: ...
 
 
 def utcnow() -> datetime:
@@ -52,6 +69,8 @@ class _ObjectState:
     resolved_for: str | None = None
     resolved_at: float = float("-inf")
     resolve_error: str | None = None
+    written: dict[str, Any] = field(default_factory=dict)
+    """Status fields this process wrote last: the watch may not have echoed them back yet."""
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -71,23 +90,25 @@ class Reconciler:
         *,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        kube: KubeClient | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.monotonic = monotonic
-        self._kube: Kube | None = None
+        self._kube = kube
         self.states: dict[Key, _ObjectState] = {}
         self.passes = 0
         """Completed reconcile passes (tests wait on it after a restart)."""
 
     @property
-    def kube(self) -> Kube:
+    def kube(self) -> KubeClient:
         if self._kube is None:
             raise RuntimeError("the operator has not started (no API client)")
         return self._kube
 
     async def start(self) -> None:
-        self._kube = await Kube.connect()
+        if self._kube is None:
+            self._kube = await Kube.connect()
 
     async def stop(self) -> None:
         if self._kube is not None:
@@ -148,7 +169,8 @@ class Reconciler:
             spec = api.parse_spec(body.get("spec") or {})
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             message = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-            await self._write_status(body, replace(obs, blocking=("InvalidSpec", message)), logger)
+            blocked = replace(obs, blocking=("InvalidSpec", message))
+            await self._write_status(body, state, blocked, logger)
             raise kopf.PermanentError(f"invalid spec: {message}") from None
 
         if generation < state.applied_generation:
@@ -167,7 +189,7 @@ class Reconciler:
             resolve_error=state.resolve_error if alias else None,
         )
         if alias is not None and model_uri is None:
-            await self._write_status(body, obs, logger)
+            await self._write_status(body, state, obs, logger)
             return
 
         deployment: dict[str, Any] | None = None
@@ -184,22 +206,24 @@ class Reconciler:
             message = f"the API server refused the {kind}: {exc.message}"
             deployment = await self.kube.get("apps/v1", "Deployment", owner.namespace, owner.name)
             blocked = replace(obs, deployment=deployment, blocking=("ApplyFailed", message))
-            await self._write_status(body, blocked, logger)
+            await self._write_status(body, state, blocked, logger)
             raise kopf.PermanentError(message) from None
         state.applied_generation = max(state.applied_generation, generation)
         pods = await self.kube.list("v1", "Pod", owner.namespace, selector)
-        await self._write_status(body, replace(obs, deployment=deployment, pods=pods), logger)
+        observed = replace(obs, deployment=deployment, pods=pods)
+        await self._write_status(body, state, observed, logger)
 
     async def _write_status(
-        self, body: Mapping[str, Any], obs: st.Observation, logger: Log
+        self, body: Mapping[str, Any], state: _ObjectState, obs: st.Observation, logger: Log
     ) -> None:
-        previous = dict(body.get("status") or {})
+        previous = {**(body.get("status") or {}), **state.written}
         new, transitions = st.compute_status(obs, previous, self.clock())
         patch = st.status_patch(new, previous)
         if not patch:
             return
         md = body["metadata"]
         await self.kube.patch_status(md["namespace"], md["name"], patch)
+        state.written.update(patch)
         logger.debug("status patched: %s", sorted(patch))
         if not self.settings.post_events:
             return
@@ -304,22 +328,22 @@ def register(
     msvc = (api.GROUP, api.VERSION, api.PLURAL)
     managed = {res.MANAGED_BY_LABEL: res.MANAGED_BY}
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(registry=registry, id="login")
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # The same sources as kube.py: in-cluster account, else $KUBECONFIG / ~/.kube/config.
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(registry=registry, id="startup")
     async def startup(**_: Any) -> None:
         await rec.start()
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**_: Any) -> None:
         await rec.stop()
 
-    @kopf.on.resume(*msvc, registry=registry)
-    @kopf.on.create(*msvc, registry=registry)
-    @kopf.on.update(*msvc, registry=registry)
+    @kopf.on.resume(*msvc, registry=registry, id="reconcile")
+    @kopf.on.create(*msvc, registry=registry, id="reconcile")
+    @kopf.on.update(*msvc, registry=registry, id="reconcile")
     async def reconcile(body: kopf.Body, logger: Log, **_: Any) -> None:
         try:
             await rec.sync(body, logger)
@@ -327,7 +351,7 @@ def register(
             raise kopf.TemporaryError(str(exc), delay=5) from None
         rec.poke((body.metadata.namespace or "", body.metadata.name or ""))
 
-    @kopf.daemon(*msvc, registry=registry, cancellation_timeout=5.0)
+    @kopf.daemon(*msvc, registry=registry, id="monitor", cancellation_timeout=5.0)
     async def monitor(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Log, **_: Any) -> None:
         await rec.monitor(body, stopped, logger)
 

@@ -104,10 +104,10 @@ def container_env(
     if uri is not None and uri.startswith("pvc://"):
         uri = _pvc_source(uri)[1]
     b = spec.batching
-    env: list[dict[str, Any]] = [
-        {"name": "SHOAL_MODEL_CLASS", "value": spec.model.class_},
-        {"name": "SHOAL_MODEL_NAME", "value": owner.name},
-    ]
+    env: list[dict[str, Any]] = []
+    if spec.model.class_ is not None:
+        env.append({"name": "SHOAL_MODEL_CLASS", "value": spec.model.class_})
+    env.append({"name": "SHOAL_MODEL_NAME", "value": owner.name})
     if uri is not None:
         env.append({"name": "SHOAL_MODEL_URI", "value": uri})
     env += [

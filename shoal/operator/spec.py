@@ -61,14 +61,29 @@ class _Spec(BaseModel):
 class ModelSource(_Spec):
     """Which model class to serve and where its weights come from."""
 
-    class_: str = Field(
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.class) || (has(self.uri) && "
+                    "(self.uri.startsWith('models:/') || self.uri.startsWith('runs:/')))",
+                    "message": "model.class is required unless model.uri is an MLflow "
+                    "registry URI (models:/ or runs:/), which is served as a pyfunc",
+                }
+            ]
+        }
+    )
+
+    class_: str | None = Field(
+        default=None,
         alias="class",
         min_length=3,
         max_length=253,
         pattern=IMPORT_PATH_PATTERN,
         description=(
             "Import path of the model class or function, `module:Attribute` "
-            "(e.g. `examples.iris:Classifier`); the runtime imports it in every replica."
+            "(e.g. `examples.iris:LogisticIris`); the runtime imports it in every replica. "
+            "May be omitted for an MLflow `models:/` or `runs:/` URI (served as a pyfunc)."
         ),
     )
     uri: str | None = Field(
@@ -88,6 +103,16 @@ class ModelSource(_Spec):
         description="Keyword arguments for the model class's constructor (free-form JSON object).",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
+
+    @model_validator(mode="after")
+    def _class_or_registry(self) -> ModelSource:
+        registry = self.uri is not None and self.uri.startswith(("models:/", "runs:/"))
+        if self.class_ is None and not registry:
+            raise ValueError(
+                "model.class is required unless model.uri is an MLflow registry URI "
+                "(models:/ or runs:/), which is served as a pyfunc"
+            )
+        return self
 
 
 class Batching(_Spec):

@@ -303,6 +303,14 @@ def test_mlflow_tracking_uri_given_to_registry_models_only() -> None:
     ]
 
 
+def test_registry_model_without_class() -> None:
+    spec = api.parse_spec({"model": {"uri": "models:/iris/2"}})
+    objs = {o["kind"]: o for o in res.desired_objects(spec, OWNER, SETTINGS)}
+    names = [e["name"] for e in container(objs)["env"]]
+    assert "SHOAL_MODEL_CLASS" not in names
+    assert env(objs)["SHOAL_MODEL_URI"] == "models:/iris/2"
+
+
 def test_user_env_after_contract() -> None:
     vf = {"secretKeyRef": {"name": "s", "key": "k"}}
     c = container(build({"env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": vf}]}))

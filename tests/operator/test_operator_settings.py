@@ -1,0 +1,63 @@
+"""Operator settings from environment and flags."""
+
+from __future__ import annotations
+
+import argparse
+
+from shoal.operator import cli
+from shoal.operator.settings import DEFAULT_IMAGE, from_env
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_defaults() -> None:
+    s = from_env({})
+    assert s.cluster_wide
+    assert s.default_image == DEFAULT_IMAGE == "ghcr.io/shoal-dev/shoal:0.1.0"
+    assert s.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    assert not s.standalone
+    assert s.priority is None
+
+
+def test_environment() -> None:
+    s = from_env(
+        {
+            "SHOAL_OPERATOR_NAMESPACES": "a, b",
+            "SHOAL_OPERATOR_DEFAULT_IMAGE": "reg/shoal:dev",
+            "MLFLOW_TRACKING_URI": "http://mlflow",
+            "SHOAL_OPERATOR_LOG_FORMAT": "json",
+            "SHOAL_OPERATOR_LIVENESS": "",
+            "SHOAL_OPERATOR_STANDALONE": "true",
+            "SHOAL_OPERATOR_PRIORITY": "7",
+            "SHOAL_OPERATOR_GPU_DEVICE": "auto",
+        }
+    )
+    assert s.namespaces == ("a", "b")
+    assert not s.cluster_wide
+    assert (s.default_image, s.mlflow_tracking_uri, s.log_format) == (
+        "reg/shoal:dev",
+        "http://mlflow",
+        "json",
+    )
+    assert s.liveness_endpoint is None
+    assert s.standalone
+    assert s.priority == 7
+    assert s.gpu_device == "auto"
+
+
+def test_flags_override_environment() -> None:
+    env = {"SHOAL_OPERATOR_NAMESPACES": "a", "SHOAL_OPERATOR_DEFAULT_IMAGE": "x/shoal:1"}
+    s = cli.settings_from_args(
+        parse(["-n", "b", "-n", "c", "--default-image", "y/shoal:2", "--standalone"]), env
+    )
+    assert s.namespaces == ("b", "c")
+    assert s.default_image == "y/shoal:2"
+    assert s.standalone
+    s = cli.settings_from_args(parse(["-A", "--priority", "3", "--liveness", ""]), env)
+    assert s.cluster_wide
+    assert s.priority == 3
+    assert s.liveness_endpoint is None
