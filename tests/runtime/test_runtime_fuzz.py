@@ -79,6 +79,28 @@ def mutate_v2(rng: random.Random) -> bytes:
     return orjson.dumps(req)
 
 
+def binary_v2(rng: random.Random) -> tuple[bytes, list[Any]]:
+    """A binary-extension request: JSON header, then raw tensor bytes, sizes often wrong."""
+    datatype = rng.choice(DTYPES)
+    n = rng.randrange(0, 5)
+    raw = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 24)))
+    size = rng.choice([len(raw), len(raw) + 1, max(0, len(raw) - 1), 4 * n, -1])
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [n],
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    )
+    length = rng.choice([len(head), len(head) - 1, len(head) + 3])
+    return head + raw, [(b"inference-header-content-length", str(length).encode())]
+
+
 def mutate_v1(rng: random.Random) -> bytes:
     choice = rng.randrange(4)
     if choice == 0:
@@ -120,7 +142,9 @@ async def test_malformed_requests_never_get_a_5xx(seed: int) -> None:
         else:
             path, body = "/v1/models/echo:predict", mutate_v1(rng)
         headers: list[Any] = []
-        if rng.random() < 0.1:
+        if i % 6 == 1:
+            body, headers = binary_v2(rng)
+        elif rng.random() < 0.1:
             headers.append(
                 (b"inference-header-content-length", str(rng.randrange(-2, 40)).encode())
             )

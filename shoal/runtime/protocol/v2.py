@@ -109,6 +109,8 @@ def _from_binary(name: str, datatype: str, raw: bytes, count: int) -> np.ndarray
                 raise _fail(f"input {name!r}: truncated BYTES element length")
             (n,) = struct.unpack_from("<I", raw, pos)
             pos += 4
+            if pos + n > len(raw):
+                raise _fail(f"input {name!r}: a BYTES element runs past the binary data")
             out.append(raw[pos : pos + n].decode("utf-8", "replace"))
             pos += n
         arr = np.empty(len(out), dtype=np.object_)
