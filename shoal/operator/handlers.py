@@ -247,10 +247,10 @@ class Reconciler:
         md = body["metadata"]
         key: Key = (md["namespace"], md["name"])
         state = self.state(key)
-        interval = self.settings.resync_seconds
-        if reg.is_alias((body.get("spec") or {}).get("model", {}).get("uri")):
-            interval = min(interval, self.settings.alias_poll_seconds)
         while not stopped:
+            interval = self.settings.resync_seconds
+            if reg.is_alias(((body.get("spec") or {}).get("model") or {}).get("uri")):
+                interval = min(interval, self.settings.alias_poll_seconds)
             poked = asyncio.ensure_future(state.poke.wait())
             halted = asyncio.ensure_future(stopped.wait())
             try:

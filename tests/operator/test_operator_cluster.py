@@ -449,3 +449,44 @@ def test_cli_operator_with_its_rbac_and_peering(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def _infer_iris(ip: str, name: str) -> list[str]:
+    import urllib.request
+
+    body = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [2, 4],
+                "datatype": "FP64",
+                "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3],
+            }
+        ]
+    }
+    req = urllib.request.Request(
+        f"http://{ip}:8000/v2/models/{name}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        outputs = {o["name"]: o for o in json.loads(resp.read())["outputs"]}
+    classes: list[str] = outputs["class"]["data"]
+    return classes
+
+
+def test_iris_examples_become_ready_and_answer_v2(op: Operator) -> None:
+    examples = HERE.parents[1] / "examples"
+    for name in ("iris", "iris-gpu"):
+        op.kubectl("apply", "-f", str(examples / f"{name}.yaml"))
+    for name, replicas in (("iris", 2), ("iris-gpu", 1)):
+        op.wait_status(
+            name, lambda s, n=replicas: s.get("readyReplicas") == n, f"{replicas} ready", 240
+        )
+        op.wait_condition(name, "Ready", "True", "AllReplicasReady")
+        row = op.kubectl("get", "msvc", name, "--no-headers").stdout.split()
+        assert row[1:4] == ["True", str(replicas), str(replicas)]
+        ips = op.ready_pod_ips(name)
+        assert len(ips) == replicas
+        for ip in ips:
+            assert _infer_iris(ip, name) == ["setosa", "virginica"]
