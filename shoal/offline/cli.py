@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+from shoal.offline.columns import RowFormat
 from shoal.offline.pipeline import BatchPredictConfig, InputError, batch_predict, check_target
-from shoal.offline.predictor import BatchFormat, PredictorOptions, RowError, RowFormat
+from shoal.offline.predictor import BatchFormat, PredictorOptions, RowError
 from shoal.runtime.loading import (
     MLFLOW_TARGET,
     LoadError,

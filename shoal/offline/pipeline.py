@@ -103,7 +103,7 @@ def batch_predict(
         Predictor,
         fn_constructor_kwargs={"spec": spec, "options": config.options},
         batch_size=config.batch_size,
-        batch_format="pandas",
+        batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
         num_gpus=config.num_gpus_per_actor or None,
         num_cpus=config.num_cpus_per_actor,

@@ -18,16 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
+import pyarrow as pa
 
+from shoal.offline.columns import RowFormat, error_array, prediction_array, rows_from_table
 from shoal.runtime.batching import BatchedFunction
 from shoal.runtime.execution import call_sync
 from shoal.runtime.loading import ModelSpec, instantiate
 
 logger = logging.getLogger(__name__)
 
-RowFormat = Literal["auto", "value", "list", "dict"]
 BatchFormat = Literal["pandas", "numpy"]
 
 
@@ -54,15 +54,6 @@ class PredictorOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _native(value: Any) -> Any:
-    """numpy scalars and arrays from a DataFrame become what a JSON request would carry."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -77,37 +68,12 @@ class Predictor:
         self._batched, self._fn = _entry(self.model)
         logger.info("loaded %s on %s", spec.target, self.device)
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, batch: pa.Table) -> pa.Table:
         if self._batched is not None:
             return self._predict_rows(batch, self._batched)
         return self._predict_frame(batch)
 
     # -- @shoal.batch models: a list of rows in, a list of results out ----------------------
-
-    def _rows(self, frame: pd.DataFrame) -> list[Any]:
-        cols = list(self.options.input_columns or frame.columns)
-        missing = [c for c in cols if c not in frame.columns]
-        if missing:
-            raise KeyError(
-                f"input columns {missing} not in the dataset (has {list(frame.columns)})"
-            )
-        fmt = self.options.row_format
-        if fmt == "auto":
-            fmt = "value" if len(cols) == 1 else "list"
-        if fmt == "value":
-            if len(cols) != 1:
-                raise ValueError(f"row format 'value' needs one input column, got {cols}")
-            values: list[Any] = frame[cols[0]].tolist()
-            return values
-        if fmt == "dict":
-            records = frame[cols].to_dict("records")
-            return [{k: _native(v) for k, v in r.items()} for r in records]
-        # A feature vector per row: numeric columns become one 2-D array whose rows are views,
-        # so a million rows cost no Python-level conversion (what a V2 tensor row also is).
-        block = frame[cols]
-        if all(pd.api.types.is_numeric_dtype(t) for t in block.dtypes):
-            return list(block.to_numpy())
-        return [list(r) for r in block.itertuples(index=False, name=None)]
 
     def _call_batched(self, fn: BatchedFunction, rows: list[Any]) -> list[Any]:
         call: Callable[[list[Any]], Any]
@@ -123,8 +89,9 @@ class Predictor:
             raise ValueError(f"the model returned {len(results)} results for {len(rows)} inputs")
         return results
 
-    def _predict_rows(self, frame: pd.DataFrame, fn: BatchedFunction) -> pd.DataFrame:
-        rows = self._rows(frame)
+    def _predict_rows(self, table: pa.Table, fn: BatchedFunction) -> pa.Table:
+        columns = list(self.options.input_columns or table.column_names)
+        rows = rows_from_table(table, columns, self.options.row_format)
         try:
             results = self._call_batched(fn, rows)
         except Exception as exc:
@@ -137,23 +104,20 @@ class Predictor:
                     results.extend(self._call_batched(fn, [row]))
                 except Exception as row_exc:
                     results.append(row_exc)
+        failed = [isinstance(r, BaseException) for r in results]
         errors: list[str | None] = [None] * len(results)
-        predictions: list[Any] = list(results)
-        for row_index, result in enumerate(results):
+        for i, result in enumerate(results):
             if isinstance(result, BaseException):
                 if self.options.fail_fast:
                     raise RowError(f"model failed on a row: {_error_text(result)}") from result
-                predictions[row_index] = None
-                errors[row_index] = _error_text(result)
-                logger.debug("row %d failed: %s", row_index, result)
-        out = frame.copy()
-        out[self.options.prediction_column] = _column(predictions, frame.index)
-        out[self.options.error_column] = pd.Series(errors, index=frame.index, dtype=object)
-        return out
+                errors[i] = _error_text(result)
+        return table.append_column(
+            self.options.prediction_column, prediction_array(results, failed)
+        ).append_column(self.options.error_column, error_array(errors))
 
     # -- plain models: Ray Data's batch in, a batch out -------------------------------------
 
-    def _call_plain(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _call_plain(self, frame: pd.DataFrame) -> pa.Table:
         assert self._fn is not None
         arg: Any = frame
         if self.options.batch_format == "numpy":
@@ -166,11 +130,11 @@ class Predictor:
         out = result if isinstance(result, pd.DataFrame) else pd.DataFrame(result)
         if len(out) != len(frame):
             raise ValueError(f"the model returned {len(out)} rows for {len(frame)}")
-        out = out.reset_index(drop=True)
-        out[self.options.error_column] = pd.Series([None] * len(out), dtype=object)
-        return out
+        table = pa.Table.from_pandas(out.reset_index(drop=True), preserve_index=False)
+        return table.append_column(self.options.error_column, error_array([None] * len(table)))
 
-    def _predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def _predict_frame(self, batch: pa.Table) -> pa.Table:
+        frame = batch.to_pandas()
         try:
             return call_sync(self._call_plain, frame)
         except Exception as exc:
@@ -182,16 +146,13 @@ class Predictor:
             try:
                 parts.append(call_sync(self._call_plain, one))
             except Exception as row_exc:
-                failed = one.copy()
-                failed[self.options.error_column] = _error_text(row_exc)
-                parts.append(failed)
-        return pd.concat(parts, ignore_index=True)
-
-
-def _column(values: list[Any], index: pd.Index) -> pd.Series:
-    """Predictions as a column: numbers stay numeric, arrays become lists (an Arrow list
-    column), anything else (dicts, strings) is kept as it is."""
-    return pd.Series([_native(v) for v in values], index=index, dtype=object)
+                bad = pa.Table.from_pandas(one, preserve_index=False)
+                parts.append(
+                    bad.append_column(
+                        self.options.error_column, error_array([_error_text(row_exc)])
+                    )
+                )
+        return pa.concat_tables(parts, promote_options="permissive")
 
 
 def _entry(model: Any) -> tuple[BatchedFunction | None, Callable[..., Any] | None]:
