@@ -238,3 +238,21 @@ async def test_h2c_upgrade_is_ignored_and_answered_in_http11(
     )
     assert status == 501
     assert "with a body" in orjson.loads(body)["error"]
+
+
+async def test_idle_keepalive_connections_are_closed_busy_ones_are_not(replicas, gateway) -> None:
+    rep = await replicas("a")
+    gw = await gateway({"m": [rep.url]}, http=HttpSettings(keepalive_timeout_s=0.3))
+    # Busy: a request that outlives the idle timeout still gets its answer.
+    rep.mode = "slow"
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.app.port)
+    writer.write(b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.6)  # longer than the idle timeout, on purpose: nothing may close
+    rep.gate.set()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    # Idle afterwards: the gateway closes the connection.
+    rest = await asyncio.wait_for(reader.read(-1), 5)
+    assert rest.endswith(b"}"), "the body arrived, then the connection closed"
+    writer.close()

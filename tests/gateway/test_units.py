@@ -203,3 +203,26 @@ def test_authenticator_decisions() -> None:
     assert auth.check(b"Bearer tok-iris-only", None) is None, "gateway endpoints: any token"
     auth.replace({})
     assert auth.check(b"Bearer tok-all-models", "iris") is not None
+
+
+def test_metrics_count_codes_latency_buckets_and_retries() -> None:
+    from prometheus_client import generate_latest
+
+    from shoal.runtime.gateway.metrics import GatewayMetrics
+    from shoal.runtime.gateway.registry import Registry
+    from shoal.runtime.gateway.settings import GatewaySettings
+
+    m = GatewayMetrics(Registry(GatewaySettings(), FakeClock()))
+    m.observe("iris", 200, 0.0005)  # on a bucket bound: counted in that bucket
+    m.observe("iris", 200, 0.003)
+    m.observe("iris", 503, 100.0)
+    m.retried("iris", "connect")
+    text = generate_latest(m.prometheus).decode()
+    assert 'shoal_gateway_requests_total{code="200",model="iris"} 2.0' in text
+    assert 'shoal_gateway_requests_total{code="503",model="iris"} 1.0' in text
+    assert 'shoal_gateway_request_duration_seconds_bucket{le="0.0005",model="iris"} 1.0' in text
+    assert 'shoal_gateway_request_duration_seconds_bucket{le="0.005",model="iris"} 2.0' in text
+    assert 'shoal_gateway_request_duration_seconds_bucket{le="30.0",model="iris"} 2.0' in text
+    assert 'shoal_gateway_request_duration_seconds_bucket{le="+Inf",model="iris"} 3.0' in text
+    assert 'shoal_gateway_request_duration_seconds_count{model="iris"} 3.0' in text
+    assert 'shoal_gateway_retries_total{model="iris",reason="connect"} 1.0' in text

@@ -108,6 +108,8 @@ class HttpConnection(asyncio.Protocol):
         self._write_paused = False
         self._read_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_active = 0.0
+        self._in_message = False
         self._stopping = False
         # Per-request parse state.
         self._url = b""
@@ -171,15 +173,28 @@ class HttpConnection(asyncio.Protocol):
             self._idle_timer.cancel()
             self._idle_timer = None
 
-    def _arm_idle(self) -> None:
+    def _arm_idle(self, delay: float | None = None) -> None:
+        # One timer per connection, re-armed only when it fires (not per request): the
+        # request path just stamps `_last_active`.
+        self._last_active = self._loop.time()
         self._idle_timer = self._loop.call_later(
-            self._settings.keepalive_timeout_s, self._on_idle_timeout
+            self._settings.keepalive_timeout_s if delay is None else delay,
+            self._on_idle_timeout,
         )
 
     def _on_idle_timeout(self) -> None:
         self._idle_timer = None
-        if self._task is None and not self._pending and self.transport is not None:
+        if self.transport is None or self.closed:
+            return
+        timeout = self._settings.keepalive_timeout_s
+        if self._task is not None or self._pending or self._in_message:
+            self._idle_timer = self._loop.call_later(timeout, self._on_idle_timeout)
+            return
+        idle_for = self._loop.time() - self._last_active
+        if idle_for >= timeout:
             self.transport.close()
+        else:
+            self._idle_timer = self._loop.call_later(timeout - idle_for, self._on_idle_timeout)
 
     def _on_read_timeout(self) -> None:
         self._read_timer = None
@@ -188,9 +203,6 @@ class HttpConnection(asyncio.Protocol):
     # -- parsing ------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -201,10 +213,17 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.pause_reading()
             if self._reject is not None:
                 self._fail(self._reject)
+            return
         except httptools.HttpParserCallbackError:
             self._fail(self._reject or _Reject(400, "malformed HTTP request"))
+            return
         except httptools.HttpParserError as exc:
             self._fail(_Reject(400, f"malformed HTTP request: {exc}"))
+            return
+        if self._in_message and self._read_timer is None:
+            # Only a request split over several reads needs the timer (most arrive whole).
+            remaining = self._started_at + self._settings.request_read_timeout_s - self._clock()
+            self._read_timer = self._loop.call_later(max(0.0, remaining), self._on_read_timeout)
 
     def _fail(self, reject: _Reject) -> None:
         """Stop reading; answer `reject` once earlier pipelined requests are answered; close."""
@@ -235,10 +254,7 @@ class HttpConnection(asyncio.Protocol):
         self._body_len = 0
         self._reject = None
         self._started_at = self._clock()
-        if self._read_timer is None:
-            self._read_timer = self._loop.call_later(
-                self._settings.request_read_timeout_s, self._on_read_timeout
-            )
+        self._in_message = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -288,6 +304,7 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
@@ -364,7 +381,7 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.resume_reading()
             self._start(nxt)
         else:
-            self._arm_idle()
+            self._last_active = self._loop.time()
 
     # -- the response sink (used by the gateway) ----------------------------------------------
 

@@ -25,7 +25,7 @@ from shoal.runtime.gateway.hold import HoldFull
 from shoal.runtime.gateway.httpserver import JSON_HEADER, HttpConnection, Request, json_body
 from shoal.runtime.gateway.metrics import GatewayMetrics
 from shoal.runtime.gateway.registry import Model, Registry, Replica
-from shoal.runtime.gateway.routing import RouteKind, route
+from shoal.runtime.gateway.routing import Route, RouteKind, route
 from shoal.runtime.gateway.settings import GatewaySettings
 from shoal.runtime.gateway.upstream import (
     HOP_BY_HOP,
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 TIMEOUT_HEADER = b"x-shoal-timeout-ms"
 _MODEL_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 _SELF_METHODS = frozenset({b"GET", b"HEAD"})
+_ROUTE_CACHE_SIZE = 4096
 # Request headers the gateway does not forward as-is (it sets its own framing, host, deadline).
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"expect", TIMEOUT_HEADER}
 
@@ -73,11 +74,16 @@ class Gateway:
         self._retry_after = b"retry-after: %d\r\n" % settings.retry_after_s
         self._rid_prefix = b"gw%08x" % self._rng.getrandbits(32)
         self._rid_counter = itertools.count(1)
+        self._routes: dict[str, Route] = {}
 
     # -- entry point --------------------------------------------------------------------------
 
     async def handle(self, req: Request, conn: HttpConnection) -> None:
-        r = route(req.path)
+        r = self._routes.get(req.path)
+        if r is None:
+            r = route(req.path)
+            if len(self._routes) < _ROUTE_CACHE_SIZE:  # custom paths may be unbounded
+                self._routes[req.path] = r
         if r.kind is RouteKind.MODEL:
             await self._model_request(req, conn, r.model)
             return
