@@ -20,7 +20,7 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, overload
 
@@ -123,6 +123,7 @@ class Batcher(Generic[In, Out]):
         self._queue: deque[_Item] = deque()
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._work: set[Future[Any]] = set()
         self._timer: TimerHandle | None = None
         self._timer_when = 0.0
         self._closed = False
@@ -221,29 +222,61 @@ class Batcher(Generic[In, Out]):
         self._maybe_dispatch()
 
     def _start(self, items: list[_Item]) -> None:
-        assert self._loop is not None
+        """Hand a batch to the model now. A sync function is submitted to its thread right
+        here, not from a task scheduled for later: the model starts on the next batch while the
+        event loop is still writing the previous batch's responses."""
+        loop = self._loop
+        assert loop is not None
         self._running += 1
-        task = self._loop.create_task(self._run(items))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, items: list[_Item]) -> None:
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        values = [item.value for item in items]
+        if self.is_async:
+            task = loop.create_task(self._run_async(items, values))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.policy.max_concurrent_batches,
+                thread_name_prefix=f"shoal-batch-{self.name}",
+            )
         try:
-            if self.on_batch is not None:
-                self.on_batch(len(items))
-            values = [item.value for item in items]
-            if self.is_async:
-                results = await self.fn(values)  # type: ignore[misc]
-            else:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(
-                        max_workers=self.policy.max_concurrent_batches,
-                        thread_name_prefix=f"shoal-batch-{self.name}",
-                    )
-                assert self._loop is not None
-                results = await self._loop.run_in_executor(
-                    self._executor, call_sync, self.fn, values
-                )
+            work = self._executor.submit(call_sync, self.fn, values)
+        except RuntimeError as exc:  # executor shut down
+            self._finish(items, None, exc)
+            return
+        self._work.add(work)
+
+        def done(work: Future[Any]) -> None:  # in the model thread: hop to the loop
+            loop.call_soon_threadsafe(self._sync_done, items, work)
+
+        work.add_done_callback(done)
+
+    def _sync_done(self, items: list[_Item], work: Future[Any]) -> None:
+        self._work.discard(work)
+        if work.cancelled():
+            self._finish(items, None, ModelError(f"{self.name}: batch was cancelled"))
+            return
+        exc = work.exception()
+        self._finish(items, None if exc is not None else work.result(), exc)
+
+    async def _run_async(self, items: list[_Item], values: list[Any]) -> None:
+        try:
+            results = await self.fn(values)  # type: ignore[misc]
+        except asyncio.CancelledError:
+            self._finish(items, None, ModelError(f"{self.name}: batch was cancelled"))
+            raise
+        except Exception as exc:
+            self._finish(items, None, exc)
+            return
+        self._finish(items, results, None)
+
+    def _finish(self, items: list[_Item], results: Any, error: BaseException | None) -> None:
+        """Resolve every future of a batch (never leave one hanging), then form the next."""
+        try:
+            if error is not None:
+                raise error
             try:
                 n = len(results)
             except TypeError:
@@ -271,7 +304,7 @@ class Batcher(Generic[In, Out]):
                 if not item.future.done():
                     item.future.set_exception(err)
         finally:
-            for item in items:  # cancelled, or a BaseException went past: never leave a hang
+            for item in items:  # a BaseException went past: never leave a hang
                 if not item.future.done():
                     item.future.set_exception(ModelError(f"{self.name}: batch did not finish"))
             self._running -= 1
@@ -290,6 +323,12 @@ class Batcher(Generic[In, Out]):
                 item.future.set_exception(NotReady(f"{self.name}: shutting down"))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._work:
+            # Our done callbacks were added first, so each batch's results are delivered on
+            # the loop before its wrapped future completes here.
+            await asyncio.gather(
+                *(asyncio.wrap_future(w) for w in list(self._work)), return_exceptions=True
+            )
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
