@@ -379,18 +379,21 @@ class BatchedFunction:
         instance: object | None,
         policy: BatchPolicy | None = None,
         on_batch: Callable[[int], None] | None = None,
+        clock: Clock | None = None,
     ) -> Batcher[Any, Any]:
         """The batcher of a plain function (instance None) or of one instance's method.
 
-        `policy`/`on_batch` apply only when it is created here (the runtime creates it first).
+        `policy`, `on_batch` and `clock` apply only when it is created here (the runtime
+        creates it first).
         """
+        clock = clock or self.clock
         if instance is None:
             if self._batcher is None:
                 self._batcher = Batcher(
                     self.func,
                     policy or self.policy,
                     is_async=self.is_async,
-                    clock=self.clock,
+                    clock=clock,
                     name=self.func.__qualname__,
                     on_batch=on_batch,
                 )
@@ -401,7 +404,7 @@ class BatchedFunction:
                 functools.partial(self.func, instance),
                 policy or self.policy,
                 is_async=self.is_async,
-                clock=self.clock,
+                clock=clock,
                 name=self.func.__qualname__,
                 on_batch=on_batch,
             )

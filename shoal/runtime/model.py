@@ -108,9 +108,9 @@ class ServedModel:
         if self._batched is not None:
             batched, instance = self._batched
             batched.reset(instance)  # a batcher made before the runtime's knobs applied
-            self.batcher = batched.batcher_for(instance, self.policy, self._on_batch)
-            if self._clock is not None:
-                self.batcher._clock = self._clock
+            self.batcher = batched.batcher_for(
+                instance, self.policy, self._on_batch, clock=self._clock
+            )
         self.ready = True
 
     async def aclose(self) -> None:
