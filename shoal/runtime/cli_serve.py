@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from shoal.runtime import logs
+from shoal.runtime.lifecycle import write_termination_log
 from shoal.runtime.loading import LoadError
 from shoal.runtime.settings import add_arguments as _add_arguments
 from shoal.runtime.settings import from_args
@@ -24,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
     except LoadError as exc:
         logs.configure()
         logger.error("%s", exc)
+        # In a pod, this is what `kubectl describe` shows for a misconfigured ModelService.
+        path = os.environ.get("SHOAL_TERMINATION_LOG") or "/dev/termination-log"
+        write_termination_log(path, f"invalid settings: {exc}")
         return 2
     logs.configure(settings.log_format, settings.log_level)
     from shoal.runtime.serving import run as serve_run

@@ -4,15 +4,17 @@ under load, and port re-binding."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from shoal.runtime.testing import ServeProcess
+from shoal.runtime.testing import ServeProcess, shoal_command
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = "tests/runtime/sample_models.py"
@@ -134,3 +136,20 @@ def test_port_is_held_until_exit_then_rebinds() -> None:
     with ServeProcess(f"{MODELS}:Echo", cwd=ROOT, port=port) as third:
         r = httpx.post(f"{third.url}/v1/models/echo:predict", json={"instances": [7]})
         assert r.json() == {"predictions": [7]}
+
+
+def test_invalid_settings_exit_2_with_the_cause_in_the_termination_log(tmp_path: Path) -> None:
+    term = tmp_path / "termination-log"
+    env = {"SHOAL_PORT": "eighty", "SHOAL_TERMINATION_LOG": str(term)}
+    done = subprocess.run(
+        [*shoal_command(), "serve", f"{MODELS}:Echo"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "SHOAL_PORT='eighty' is not a valid int" in done.stderr
+    assert "SHOAL_PORT='eighty' is not a valid int" in term.read_text()
