@@ -15,13 +15,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from shoal.runtime.batching import (
-    BatchedFunction,
-    Batcher,
-    BatchPolicy,
-    find_batched,
-    gather_rows,
-)
+from shoal.runtime.batcher import Batcher, BatchPolicy, gather_rows
+from shoal.runtime.batching import BatchedFunction, find_batched
 from shoal.runtime.clock import Clock, LoopClock
 from shoal.runtime.errors import ClientGone, DeadlineExceeded, QueueFull, from_model
 from shoal.runtime.execution import call_sync
