@@ -235,7 +235,7 @@ def _shoal_and_gateway(run: Run, wl: Workload, with_gateway: bool) -> None:
         _measure_endpoints(run, wl, "shoal", replica, v2, stats, 1, metrics)
         if not with_gateway:
             return
-        gw_spec = servers.shoal_gateway(replica.base, stats)
+        gw_spec = servers.shoal_gateway(replica.base, stats, s.knobs)
         with running(gw_spec, run.log_dir / wl.name, servers.ROOT) as gw:
             behind = (replica.sid,)
             _measure_endpoints(

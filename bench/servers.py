@@ -36,9 +36,15 @@ def _model_args(hidden: int, knobs: Knobs, stats: str) -> list[str]:
     return ["--hidden", str(hidden), "--torch-threads", str(knobs.torch_threads), "--stats", stats]
 
 
-def _env(stats: str) -> dict[str, str]:
+def _env(stats: str, knobs: Knobs) -> dict[str, str]:
     # PYTHONPATH: Ray's workers and `shoal serve` import `bench` from the repo root too.
-    return {"PYTHONPATH": str(ROOT), "SHOAL_BENCH_STATS": stats}
+    # OMP_NUM_THREADS: the thread count for every thread of every server, not only the one that
+    # called torch.set_num_threads (bench.mlp also pins each thread that runs the model).
+    return {
+        "PYTHONPATH": str(ROOT),
+        "SHOAL_BENCH_STATS": stats,
+        "OMP_NUM_THREADS": str(knobs.torch_threads),
+    }
 
 
 def floor(hidden: int, knobs: Knobs, stats: str) -> tuple[ServerSpec, list[Endpoint]]:
@@ -56,7 +62,9 @@ def floor(hidden: int, knobs: Knobs, stats: str) -> tuple[ServerSpec, list[Endpo
         *_model_args(hidden, knobs, stats),
     ]
     path = "/v1/models/mlp:predict"
-    return ServerSpec("floor", argv, port, path, body("v1"), _env(stats)), [Endpoint("v1", path)]
+    return ServerSpec("floor", argv, port, path, body("v1"), _env(stats, knobs)), [
+        Endpoint("v1", path)
+    ]
 
 
 def ray_serve(hidden: int, knobs: Knobs, stats: str) -> tuple[ServerSpec, list[Endpoint]]:
@@ -74,7 +82,7 @@ def ray_serve(hidden: int, knobs: Knobs, stats: str) -> tuple[ServerSpec, list[E
         *_model_args(hidden, knobs, stats),
     ]
     spec = ServerSpec(
-        "ray-serve", argv, port, "/mlp", body("v1"), _env(stats), start_timeout_s=240.0
+        "ray-serve", argv, port, "/mlp", body("v1"), _env(stats, knobs), start_timeout_s=240.0
     )
     return spec, [Endpoint("v1", "/mlp")]
 
@@ -97,7 +105,9 @@ def kserve(hidden: int, knobs: Knobs, stats: str) -> tuple[ServerSpec, list[Endp
         *_model_args(hidden, knobs, stats),
     ]
     path = "/v1/models/mlp:predict"
-    spec = ServerSpec("kserve", argv, port, path, body("v1"), _env(stats), start_timeout_s=120.0)
+    spec = ServerSpec(
+        "kserve", argv, port, path, body("v1"), _env(stats, knobs), start_timeout_s=120.0
+    )
     return spec, [Endpoint("v1", path)]
 
 
@@ -123,11 +133,13 @@ def shoal(hidden: int, knobs: Knobs, stats: str) -> tuple[ServerSpec, list[Endpo
         "json",
     ]
     v2 = "/v2/models/mlp/infer"
-    spec = ServerSpec("shoal", argv, port, v2, body("v2"), _env(stats), start_timeout_s=120.0)
+    spec = ServerSpec(
+        "shoal", argv, port, v2, body("v2"), _env(stats, knobs), start_timeout_s=120.0
+    )
     return spec, [Endpoint("v2", v2), Endpoint("v1", "/v1/models/mlp:predict")]
 
 
-def shoal_gateway(upstream: str, stats: str) -> ServerSpec:
+def shoal_gateway(upstream: str, stats: str, knobs: Knobs) -> ServerSpec:
     port = free_port()
     argv = [
         str(SHOAL),
@@ -145,6 +157,6 @@ def shoal_gateway(upstream: str, stats: str) -> ServerSpec:
         port,
         "/v2/models/mlp/infer",
         body("v2"),
-        _env(stats),
+        _env(stats, knobs),
         start_timeout_s=60.0,
     )
