@@ -371,8 +371,13 @@ def _int_header(value: bytes | None, name: str) -> int | None:
 async def _respond(
     send: Send, status: int, body: bytes, rid: bytes, *headers: tuple[bytes, bytes]
 ) -> None:
-    hdrs = [(b"x-request-id", rid), *headers] if headers else [_JSON, (b"x-request-id", rid)]
-    if headers and not any(k == b"content-type" for k, _ in headers):
-        hdrs.append(_JSON)
+    # content-length: without it uvicorn frames the body chunked, in several writes (syscalls).
+    length = (b"content-length", str(len(body)).encode())
+    if headers:
+        hdrs = [(b"x-request-id", rid), length, *headers]
+        if not any(k == b"content-type" for k, _ in headers):
+            hdrs.append(_JSON)
+    else:
+        hdrs = [_JSON, (b"x-request-id", rid), length]
     await send({"type": "http.response.start", "status": status, "headers": hdrs})
     await send({"type": "http.response.body", "body": body})
