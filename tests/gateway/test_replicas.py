@@ -113,7 +113,9 @@ async def test_draining_replica_gets_no_new_requests(adders, gateway) -> None:
     assert set(load.outcomes) == {200}, load.outcomes
     metrics = (await gw.client.get("/metrics")).text
     refused = _retries(metrics, "draining")
-    assert 1 <= refused <= 8, f"only requests already on their way were refused ({refused})"
+    # At most the requests already on their way when the first refusal came back (one per
+    # worker); the replica may also refuse none, if it closed its connections first.
+    assert refused <= 8, f"only requests already on their way were refused ({refused})"
 
 
 async def test_held_burst_released_onto_a_small_queue_is_served_in_full(adders, gateway) -> None:

@@ -10,66 +10,17 @@ Pipelined requests are answered in order; a client that goes away cancels its re
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 import httptools
-import orjson
 
 from shoal.runtime.gateway.settings import HttpSettings
+from shoal.runtime.gateway.wire import JSON_HEADER, Request, json_body, status_line
 
 log = logging.getLogger(__name__)
-
-
-def _status_line(code: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(code).phrase
-    except ValueError:
-        phrase = ""
-    return f"HTTP/1.1 {code} {phrase}\r\n".encode()
-
-
-_STATUS_LINES: dict[int, bytes] = {}
-
-
-def status_line(code: int) -> bytes:
-    line = _STATUS_LINES.get(code)
-    if line is None:
-        line = _STATUS_LINES[code] = _status_line(code)
-    return line
-
-
-JSON_HEADER = b"content-type: application/json\r\n"
-
-
-def json_body(status: int, message: str, **extra: object) -> bytes:
-    return orjson.dumps({"error": message, "status": status, **extra})
-
-
-class Request:
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "received_at")
-
-    def __init__(
-        self,
-        method: bytes,
-        path: str,
-        query: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        keep_alive: bool,
-        received_at: float,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.headers = headers
-        """Names lower-cased, in arrival order."""
-        self.body = body
-        self.keep_alive = keep_alive
-        self.received_at = received_at
 
 
 class _Reject(Exception):

@@ -16,13 +16,11 @@ import logging
 import random
 from collections.abc import Callable
 
-import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
+from shoal.runtime.gateway.answers import Answers
 from shoal.runtime.gateway.auth import Authenticator
 from shoal.runtime.gateway.balancer import pick
 from shoal.runtime.gateway.hold import HoldFull
-from shoal.runtime.gateway.httpserver import JSON_HEADER, HttpConnection, Request, json_body
+from shoal.runtime.gateway.httpserver import HttpConnection
 from shoal.runtime.gateway.metrics import GatewayMetrics
 from shoal.runtime.gateway.registry import Model, Registry, Replica
 from shoal.runtime.gateway.routing import Route, RouteKind, route
@@ -35,12 +33,12 @@ from shoal.runtime.gateway.upstream import (
     UpstreamConnection,
     UpstreamError,
 )
+from shoal.runtime.gateway.wire import Request
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_HEADER = b"x-shoal-timeout-ms"
 _MODEL_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
-_SELF_METHODS = frozenset({b"GET", b"HEAD"})
 _ROUTE_CACHE_SIZE = 4096
 # Request headers the gateway does not forward as-is (it sets its own framing, host, deadline).
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"expect", TIMEOUT_HEADER}
@@ -71,7 +69,7 @@ class Gateway:
         self.auth = auth
         self._clock = clock or asyncio.get_running_loop().time
         self._rng = rng or random.Random()
-        self._retry_after = b"retry-after: %d\r\n" % settings.retry_after_s
+        self.answers = Answers(registry, metrics, auth, settings.retry_after_s)
         self._rid_prefix = b"gw%08x" % self._rng.getrandbits(32)
         self._rid_counter = itertools.count(1)
         self._routes: dict[str, Route] = {}
@@ -87,42 +85,13 @@ class Gateway:
         if r.kind is RouteKind.MODEL:
             await self._model_request(req, conn, r.model)
             return
-        if r.kind is RouteKind.NOT_FOUND:
-            self._error(
-                conn, 404, f"no route for {req.path}", known_models=self._visible_models(req)
-            )
-            return
-        if req.method not in _SELF_METHODS:
-            self._error(conn, 405, f"method {req.method.decode()} not allowed on {req.path}")
-            return
-        if self.auth is not None and (self.auth.protect_health or r.kind is RouteKind.LIST_MODELS):
-            denial = self.auth.check(_header(req, b"authorization"), None)
-            if denial is not None:
-                self._deny(conn, denial.status, denial.message)
-                return
-        if r.kind is RouteKind.LIVE:
-            conn.write_full(200, JSON_HEADER, b'{"live":true}')
-        elif r.kind is RouteKind.READY:
-            if self.registry.synced:
-                conn.write_full(200, JSON_HEADER, b'{"ready":true}')
-            else:
-                conn.write_full(503, JSON_HEADER + self._retry_after, b'{"ready":false}')
-        elif r.kind is RouteKind.METRICS:
-            body = generate_latest(self.metrics.prometheus)
-            conn.write_full(200, b"content-type: " + CONTENT_TYPE_LATEST.encode() + b"\r\n", body)
-        elif r.kind is RouteKind.SERVER_METADATA:
-            conn.write_full(
-                200, JSON_HEADER, b'{"name":"shoal-gateway","version":"1","extensions":[]}'
-            )
-        else:  # RouteKind.LIST_MODELS
-            models = self._visible_models(req)
-            conn.write_full(200, JSON_HEADER, orjson.dumps({"models": models}))
+        self.answers.gateway_route(req, conn, r.kind)
 
     # -- model requests -----------------------------------------------------------------------
 
     async def _model_request(self, req: Request, conn: HttpConnection, name: str) -> None:
         if req.method not in _MODEL_METHODS:
-            self._error(conn, 405, f"method {req.method.decode()} not allowed")
+            self.answers.error(conn, 405, f"method {req.method.decode()} not allowed")
             return
         # One pass over the headers: pick out ours, encode the rest for the replica.
         timeout_raw: bytes | None = None
@@ -145,12 +114,12 @@ class Gateway:
         if self.auth is not None:
             denial = self.auth.check(authorization, name)
             if denial is not None:
-                self._deny(conn, denial.status, denial.message)
+                self.answers.deny(conn, denial.status, denial.message)
                 return
         model = self.registry.models.get(name)
         if model is None:
-            self._error(
-                conn, 404, f"unknown model {name!r}", known_models=self._visible_models(req)
+            self.answers.error(
+                conn, 404, f"unknown model {name!r}", known_models=self.answers.visible_models(req)
             )
             return
         if timeout_raw is None:
@@ -161,7 +130,7 @@ class Gateway:
             except ValueError:
                 timeout_ms = 0
             if not 0 < timeout_ms <= self.settings.max_timeout_ms:
-                self._error(
+                self.answers.error(
                     conn,
                     400,
                     f"x-shoal-timeout-ms must be an integer in 1..{self.settings.max_timeout_ms}",
@@ -209,7 +178,7 @@ class Gateway:
                 try:
                     released = await model.hold.wait(deadline - now)
                 except HoldFull:
-                    self._error(
+                    self.answers.error(
                         conn,
                         503,
                         f"model {model.name!r} has no ready replica and "
@@ -218,7 +187,7 @@ class Gateway:
                     )
                     return
                 if not released:
-                    self._error(
+                    self.answers.error(
                         conn,
                         504,
                         f"deadline passed while waiting for a ready replica of {model.name!r}",
@@ -240,7 +209,9 @@ class Gateway:
                         self.metrics.retried(model.name, _Outcome.SATURATED.value)
                         continue
                     if self._clock() >= deadline:
-                        self._error(conn, 504, "deadline passed while every replica was busy")
+                        self.answers.error(
+                            conn, 504, "deadline passed while every replica was busy"
+                        )
                     else:
                         conn.write_full(*saved)
                     return
@@ -263,10 +234,12 @@ class Gateway:
             status, headers, body = draining_response
             conn.write_full(status, headers, body)
         elif last_failure is None:
-            self._error(conn, 503, f"model {model.name!r} has no ready replica", retry_after=True)
+            self.answers.error(
+                conn, 503, f"model {model.name!r} has no ready replica", retry_after=True
+            )
         else:
             why = "refused the connection" if last_failure is _Outcome.CONNECT else "reset it"
-            self._error(conn, 502, f"replica of {model.name!r} {why}", retry_after=True)
+            self.answers.error(conn, 502, f"replica of {model.name!r} {why}", retry_after=True)
 
     async def _wait_for_room(self, model: Model, deadline: float, waits: int) -> bool:
         """Hold a request a saturated replica refused; False: answer with that refusal.
@@ -314,7 +287,7 @@ class Gateway:
             except TimeoutError:
                 if up is not None:
                     up.abort()
-                self._error(conn, 504, "deadline passed before the replica answered")
+                self.answers.error(conn, 504, "deadline passed before the replica answered")
                 return _Outcome.DONE
             except ConnectError as exc:
                 replica.eject(self._clock(), self.settings.retry.eject_s)
@@ -327,7 +300,7 @@ class Gateway:
             except BrokenResponse as exc:
                 assert up is not None
                 up.abort()
-                self._error(conn, 502, f"bad response from replica: {exc}")
+                self.answers.error(conn, 502, f"bad response from replica: {exc}")
                 return _Outcome.DONE
             except BaseException:
                 if up is not None:
@@ -371,7 +344,7 @@ class Gateway:
                 first = await up.next_chunk()
         except UpstreamError as exc:
             up.abort()
-            self._error(conn, 502, f"bad response from replica: {exc}")
+            self.answers.error(conn, 502, f"bad response from replica: {exc}")
             return
         except BaseException:
             up.abort()
@@ -395,42 +368,3 @@ class Gateway:
             raise
         up.finish()
         conn.end_stream()
-
-    # -- helpers ------------------------------------------------------------------------------
-
-    def _visible_models(self, req: Request) -> list[str]:
-        names = sorted(self.registry.models)
-        if self.auth is None:
-            return names
-        authz = _header(req, b"authorization")
-        return [n for n in names if self.auth.allows(authz, n)]
-
-    def _error(
-        self,
-        conn: HttpConnection,
-        status: int,
-        message: str,
-        retry_after: bool = False,
-        **extra: object,
-    ) -> None:
-        headers = JSON_HEADER + self._retry_after if retry_after else JSON_HEADER
-        if conn.request_id is not None:
-            headers += b"x-request-id: " + conn.request_id + b"\r\n"
-            if status >= 500:
-                log.warning(
-                    "%d %s", status, message, extra={"request_id": conn.request_id.decode()}
-                )
-        conn.write_full(status, headers, json_body(status, message, **extra))
-
-    def _deny(self, conn: HttpConnection, status: int, message: str) -> None:
-        headers = JSON_HEADER
-        if status == 401:
-            headers += b'www-authenticate: Bearer realm="shoal"\r\n'
-        conn.write_full(status, headers, json_body(status, message))
-
-
-def _header(req: Request, name: bytes) -> bytes | None:
-    for hname, value in req.headers:
-        if hname == name:
-            return value
-    return None

@@ -1,0 +1,56 @@
+"""What the gateway's HTTP front end hands to the request path, and the bytes it writes back:
+the parsed request, status lines, JSON error bodies."""
+
+from __future__ import annotations
+
+import http
+
+import orjson
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {code} {phrase}\r\n".encode()
+
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(code: int) -> bytes:
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        line = _STATUS_LINES[code] = _status_line(code)
+    return line
+
+
+JSON_HEADER = b"content-type: application/json\r\n"
+
+
+def json_body(status: int, message: str, **extra: object) -> bytes:
+    return orjson.dumps({"error": message, "status": status, **extra})
+
+
+class Request:
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "received_at")
+
+    def __init__(
+        self,
+        method: bytes,
+        path: str,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        keep_alive: bool,
+        received_at: float,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        """Names lower-cased, in arrival order."""
+        self.body = body
+        self.keep_alive = keep_alive
+        self.received_at = received_at
