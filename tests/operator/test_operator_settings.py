@@ -61,3 +61,15 @@ def test_flags_override_environment() -> None:
     assert s.cluster_wide
     assert s.priority == 3
     assert s.liveness_endpoint is None
+
+
+def test_log_formats_carry_the_object() -> None:
+    import json
+    import logging
+
+    record = logging.LogRecord("kopf.objects", logging.INFO, "x", 1, "Handler ok", None, None)
+    record.k8s_ref = {"namespace": "ml", "name": "iris"}
+    doc = json.loads(cli._JsonFormatter().format(record))
+    assert (doc["level"], doc["msg"], doc["object"]) == ("INFO", "Handler ok", "ml/iris")
+    plain = cli._PlainFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert plain == "INFO kopf.objects: [ml/iris] Handler ok"
