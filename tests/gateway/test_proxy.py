@@ -275,3 +275,19 @@ async def test_head_request_gets_headers_only_and_the_connection_stays_usable(
     assert resp.headers["x-replica"] == "a"
     resp = await gw.client.get("/v1/models/m")
     assert resp.json()["replica"] == "a"
+
+
+async def test_graceful_stop_finishes_in_flight_requests(replicas, gateway) -> None:
+    slow = await replicas("slow")
+    slow.mode = "slow"
+    gw = await gateway({"m": [slow.url]})
+    in_flight = asyncio.create_task(gw.client.post("/v1/models/m:predict", content=b"last"))
+    await wait_until(lambda: len(slow.seen) == 1, what="request at the replica")
+    stopping = asyncio.create_task(gw.app.stop(grace_s=30.0))
+    await wait_until(lambda: not gw.app.server._server.is_serving(), what="listener closed")
+    assert not stopping.done(), "stop waits for the request in flight"
+    slow.gate.set()
+    resp = await in_flight
+    assert resp.status_code == 200
+    assert resp.json()["body"] == "last"
+    await asyncio.wait_for(stopping, 10)

@@ -319,7 +319,7 @@ class HttpConnection(asyncio.Protocol):
         self._task = None
         if self.closed or self.transport is None:
             return
-        if not self._keep_alive:
+        if not self._keep_alive or self._stopping:
             self.transport.close()
             return
         if self._pending:
