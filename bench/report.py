@@ -64,6 +64,14 @@ def _cpu_ratio(r: dict[str, Any], ref: dict[str, Any] | None) -> str:
     return f"{ref['cpu_ms_per_request'] / r['cpu_ms_per_request']:.1f}x"
 
 
+def _model_share(r: dict[str, Any], model_cpu_ms_per_row: float | None) -> str:
+    """The model's own CPU cost at full batches (one row per request) as a share of what the
+    server spent per request: 100% would be a server with no overhead at all."""
+    if not model_cpu_ms_per_row or not r["cpu_ms_per_request"]:
+        return "-"
+    return f"{100 * model_cpu_ms_per_row / r['cpu_ms_per_request']:.0f}%"
+
+
 def _rps(r: dict[str, Any]) -> str:
     if r.get("rounds", 1) > 1:
         return f"{r['rps']:,.0f} ({r['rps_min']:,.0f}-{r['rps_max']:,.0f})"
@@ -111,6 +119,7 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for wname, wl in doc["workloads"].items():
         limit = doc["limits"].get(wname, {}).get("rows_per_s", 0.0)
+        model_cpu = doc["limits"].get(wname, {}).get("cpu_ms_per_row")
         ray = _find(rows, wname, "ray-serve", conns)
         ks = _find(rows, wname, "kserve", conns)
         floor = _find(rows, wname, "floor", conns)
@@ -118,9 +127,9 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append(
             "| server | protocol | req/s | p50 ms | p99 ms | errors | mean batch "
             "| server CPU ms/req | vs Ray Serve | vs KServe | vs floor | % of limit "
-            "| vs Ray Serve, per CPU-s |\n"
+            "| vs Ray Serve, per CPU-s | model % of server CPU |\n"
         )
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
         for r in rows:
             if r["workload"] != wname or r["connections"] != conns:
                 continue
@@ -130,7 +139,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"| {_fmt_ms(r['p50_ms'])} | {_fmt_ms(r['p99_ms'])} | {r['errors']} "
                 f"| {r['mean_batch']:.1f} | {r['cpu_ms_per_request']:.3f} "
                 f"| {_ratio(r['rps'], ray)} | {_ratio(r['rps'], ks)} "
-                f"| {_ratio(r['rps'], floor)} | {pct} | {_cpu_ratio(r, ray)} |\n"
+                f"| {_ratio(r['rps'], floor)} | {pct} | {_cpu_ratio(r, ray)} "
+                f"| {_model_share(r, model_cpu)} |\n"
             )
     gw_lines = []
     for wname in doc["workloads"]:

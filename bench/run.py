@@ -275,10 +275,16 @@ def _peer_step(run: Run, wl: Workload, peer: str) -> Callable[[], None] | None:
     return None  # gateway alongside shoal: measured against the same replica as shoal
 
 
-def _sample_limit(run: Run, wl: Workload, samples: list[float]) -> None:
+def _sample_limit(run: Run, wl: Workload, samples: list[float], cpu_samples: list[float]) -> None:
     lim = model_limit(wl, run.settings)
     samples.append(lim["rows_per_s"])
-    run.limits[wl.name] = {**lim, "rows_per_s": statistics.median(samples), "samples": samples}
+    cpu_samples.append(lim["cpu_ms_per_row"])
+    run.limits[wl.name] = {
+        **lim,
+        "rows_per_s": statistics.median(samples),
+        "samples": samples,
+        "cpu_ms_per_row": statistics.median(cpu_samples),
+    }
     log.info("%s round %d: model-bound limit %.0f rows/s", wl.name, run.round, lim["rows_per_s"])
 
 
@@ -286,16 +292,17 @@ def _run_workload(run: Run, wl: Workload) -> None:
     """Every round: the limit, each peer, the limit again (the table uses the median sample,
     taken under the same background load as the servers)."""
     samples: list[float] = []
+    cpu_samples: list[float] = []
     peers = run.settings.peers
     for rnd in range(run.settings.rounds):
         run.round = rnd
-        _sample_limit(run, wl, samples)
+        _sample_limit(run, wl, samples, cpu_samples)
         # Reversing the order on odd rounds spreads slow drifts of the machine's load.
         for peer in peers if rnd % 2 == 0 else list(reversed(peers)):
             step = _peer_step(run, wl, peer)
             if step is not None:
                 _attempt(run, wl, peer, step)
-        _sample_limit(run, wl, samples)
+        _sample_limit(run, wl, samples, cpu_samples)
 
 
 def machine_notes() -> dict[str, Any]:

@@ -50,7 +50,10 @@ def _doc(results: list[dict[str, Any]]) -> dict[str, Any]:
         "moderate_connections": 4,
         "rounds": 1,
         "workloads": {"W1": {"what": "w1"}, "W2": {"what": "w2"}},
-        "limits": {"W1": {"rows_per_s": 100000.0}, "W2": {"rows_per_s": 4000.0}},
+        "limits": {
+            "W1": {"rows_per_s": 100000.0, "cpu_ms_per_row": 0.012},
+            "W2": {"rows_per_s": 4000.0},
+        },
         "summary": report.summarize(results),
         "results": results,
         "failures": [],
@@ -78,10 +81,10 @@ def test_table_ratios_limit_share_gateway_and_goals() -> None:
     ]
     md = report.markdown(_doc(results))
     # shoal V2 on W1: 11000/200 = 55x Ray, 11x KServe, 0.9x floor, 11% of the limit, Ray's CPU
-    # per request is 3.0/0.06 = 50x Shoal's.
+    # per request is 3.0/0.06 = 50x Shoal's, the model's 0.012 ms is 20% of Shoal's 0.06 ms.
     assert (
         "| shoal | V2 | 11,000 | 5.00 | 10.00 | 0 | 32.0 | 0.060 | 55.0x | 11.0x | 0.9x | 11% "
-        "| 50.0x |" in md
+        "| 50.0x | 20% |" in md
     )
     assert "- W1 Shoal V2 vs Ray Serve: 55.0x (goal >= 50x), p99 10.0 ms (goal < 20 ms): met" in md
     assert "- W1 Shoal V1 vs Ray Serve: 50.0x (goal >= 50x), p99 12.0 ms (goal < 20 ms): met" in md
