@@ -138,16 +138,40 @@ def import_target(target: str, app_dir: str | None = None) -> Any:
     return obj
 
 
-def resolve_device(setting: str) -> str:
-    """`auto` -> `cuda` when torch is loaded and sees a GPU, else `cpu`; explicit values are
-    checked so a pod without the GPU it was promised fails its load loudly."""
+def _gpu_visible() -> bool:
+    """A cheap look for an NVIDIA device, so a CPU pod never pays for importing torch."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
+
+
+def _torch() -> Any:
     torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def resolve_device(setting: str) -> str:
+    """`auto` -> `cuda` when a GPU is visible and torch sees it, else `cpu`. An explicit
+    `cuda[:N]` is checked, so a pod without the GPU it was promised fails its load loudly.
+    Resolved before the model is built: torch may not be imported yet (models often import it
+    in `__init__`), so it is imported here when a GPU is there to be found."""
     if setting in ("", "auto"):
+        torch = sys.modules.get("torch")
+        if torch is None and _gpu_visible():
+            torch = _torch()
         if torch is not None and torch.cuda.is_available():
             return "cuda"
         return "cpu"
-    if setting.startswith("cuda") and (torch is None or not torch.cuda.is_available()):
-        raise LoadError(f"--device {setting}: no CUDA device is available")
+    if setting.startswith("cuda"):
+        torch = _torch()
+        if torch is None:
+            logger.warning("--device %s: torch is not installed, the GPU is not checked", setting)
+        elif not torch.cuda.is_available():
+            raise LoadError(f"--device {setting}: no CUDA device is available")
     return setting
 
 

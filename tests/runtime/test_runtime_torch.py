@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 import shoal
-from shoal.runtime.loading import ModelSpec, instantiate
+from shoal.runtime.loading import LoadError, ModelSpec, instantiate, resolve_device
 from shoal.runtime.model import ServedModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 import torch
 from shoal.runtime.execution import call_sync
-from shoal.runtime.loading import ModelSpec, instantiate
+from shoal.runtime.loading import LoadError, ModelSpec, instantiate, resolve_device
 
 with open("{path}", "w") as src:
     src.write("import torch\\nclass M:\\n    def __init__(self):\\n"
@@ -93,3 +94,14 @@ def test_the_loader_threads_torch_thread_count_holds_in_worker_threads(tmp_path:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"  # the worker thread itself, no OpenMP helpers
+
+
+def test_device_resolution() -> None:
+    gpu = torch.cuda.is_available()
+    assert resolve_device("auto") == ("cuda" if gpu else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    if gpu:
+        assert resolve_device("cuda") == "cuda"
+    else:
+        with pytest.raises(LoadError, match="no CUDA device is available"):
+            resolve_device("cuda")
