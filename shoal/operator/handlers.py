@@ -314,6 +314,9 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSetti
     kopf_settings.execution.default_backoff = 5
     kopf_settings.queueing.error_delays = (1, 2, 5, 10, 30)
     kopf_settings.networking.error_backoffs = (1, 2, 5, 10, 30)
+    # Watches that end server-side now and then never hang silently on a dead connection.
+    kopf_settings.watching.server_timeout = 300
+    kopf_settings.watching.client_timeout = 330
     # The status subresource's writes come back as watch events of our own making.
     kopf_settings.persistence.consistency_timeout = 2.0
 

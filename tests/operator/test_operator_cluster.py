@@ -475,10 +475,13 @@ def _infer_iris(ip: str, name: str) -> list[str]:
     return classes
 
 
-def test_iris_examples_become_ready_and_answer_v2(op: Operator) -> None:
+def test_examples_become_ready_and_answer_v2(op: Operator) -> None:
     examples = HERE.parents[1] / "examples"
-    for name in ("iris", "iris-gpu"):
+    for name in ("iris", "iris-gpu", "adder"):
         op.kubectl("apply", "-f", str(examples / f"{name}.yaml"))
+    op.wait_status("adder", lambda s: s.get("readyReplicas") == 2, "2 ready", 240)
+    for ip in op.ready_pod_ips("adder"):
+        assert infer_v2(ip, "adder", [1, 2, 3]) == [2, 3, 4]
     for name, replicas in (("iris", 2), ("iris-gpu", 1)):
         op.wait_status(
             name, lambda s, n=replicas: s.get("readyReplicas") == n, f"{replicas} ready", 240
