@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from shoal.runtime import handle as handle_mod
 from shoal.runtime.dataplane import DataPlane
+from shoal.runtime.errors import Draining
 from shoal.runtime.loading import LoadError, ModelSpec, instantiate
 from shoal.runtime.metrics import RuntimeMetrics
 from shoal.runtime.model import ServedModel
@@ -120,6 +121,10 @@ class Runtime:
             logger.info("drained: every admitted request was answered")
         except TimeoutError:
             logger.warning("grace period over with %d request(s) unfinished", self.plane.inflight)
+            error = Draining("the replica shut down before this request finished")
+            for model in self.plane.models.values():
+                model.abandon(error)
+            # the handlers answer on the next loop turns; then uvicorn closes the connections
             self.request_exit()
             return
         # Linger while clients still arrive (the gateway or kube-proxy has not seen us go):

@@ -69,6 +69,8 @@ class ServedModel:
         self.batcher: Batcher[Any, Any] | None = None
         self.policy: BatchPolicy | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # requests awaiting results, by id (grace-period expiry answers them)
+        self._waiting: dict[int, Sequence[asyncio.Future[Any]]] = {}
         over = {k: v for k, v in (overrides or {}).items() if v is not None}
         self.max_queue_size = over.get("max_queue_size", default_max_queue_size)
         found = find_batched(obj)
@@ -115,6 +117,17 @@ class ServedModel:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
+    def abandon(self, error: Exception) -> int:
+        """Answer every waiting request with `error` now (the grace period is over and the
+        model has not finished): a clear 503 instead of a cut connection. Returns how many."""
+        count = 0
+        for futures in list(self._waiting.values()):
+            pending = [f for f in futures if not f.done()]
+            count += bool(pending)
+            for fut in pending:
+                fut.set_exception(error)
+        return count
+
     # -- state for metrics and drain ------------------------------------------------------
     @property
     def queue_depth(self) -> int:
@@ -141,10 +154,13 @@ class ServedModel:
             timer = clock.call_at(
                 deadline, functools.partial(_expire, futures, deadline - clock.time())
             )
+            key = id(futures)
+            self._waiting[key] = futures
             try:
                 results = await gather_rows(futures)
             finally:
                 timer.cancel()
+                del self._waiting[key]
             if batcher is not None:
                 return results
             out: list[Any] = results[0]

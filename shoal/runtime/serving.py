@@ -10,6 +10,8 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -88,7 +90,7 @@ async def serve(
         proxy_headers=False,  # no X-Forwarded-* rewriting middleware on the hot path
         date_header=False,
         timeout_keep_alive=75,  # longer than typical client/gateway pool idle timeouts
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=2,  # our drain already waited for the work
         backlog=2048,
     )
     server = _Server(config, runtime)
@@ -126,5 +128,20 @@ def run(
 ) -> int:
     import uvloop
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(settings, on_listening))
+    runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    code = runner.run(serve(settings, on_listening))
+    stuck = [
+        t.name
+        for t in threading.enumerate()
+        if t.is_alive() and not t.daemon and t is not threading.current_thread()
+    ]
+    if stuck:
+        # Model code still running after the grace period (or a load cut short) would block
+        # the interpreter's exit, which joins worker threads: leave now, with our exit code.
+        logger.info("exiting with worker threads still alive: %s", ", ".join(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    runner.close()
+    return code

@@ -153,3 +153,37 @@ def test_invalid_settings_exit_2_with_the_cause_in_the_termination_log(tmp_path:
     assert done.returncode == 2
     assert "SHOAL_PORT='eighty' is not a valid int" in done.stderr
     assert "SHOAL_PORT='eighty' is not a valid int" in term.read_text()
+
+
+async def test_grace_period_bounds_the_drain_of_a_stuck_model(tmp_path: Path) -> None:
+    proc = ServeProcess(
+        f"gated={MODELS}:Gated",
+        "--config",
+        f"gate_dir={tmp_path}",
+        "--grace-period-s",
+        "1",
+        "--drain-quiet-s",
+        "0",
+        cwd=ROOT,
+    )
+    with proc:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as client:
+            stuck = asyncio.ensure_future(
+                client.post("/v1/models/gated:predict", json={"instances": ["never"]})
+            )
+            deadline = asyncio.get_running_loop().time() + 10
+            while (
+                'shoal_inflight_requests{model="gated"} 1.0'
+                not in (await client.get("/metrics")).text
+            ):
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            proc.signal(signal.SIGTERM)
+            # exits 0 once the grace period is over, though the model never returns
+            code = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
+            assert code == 0
+            assert "grace period over with 1 request(s) unfinished" in proc.logs()
+            r = await stuck  # answered, not cut off: retry elsewhere
+            assert r.status_code == 503
+            assert r.headers["x-shoal-draining"] == "1"
+            assert "shut down before this request finished" in r.json()["error"]
