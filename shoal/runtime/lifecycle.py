@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from shoal.runtime import handle as handle_mod
 from shoal.runtime.dataplane import DataPlane
@@ -57,10 +58,19 @@ class Runtime:
 
     async def _load_all(self) -> None:
         loop = asyncio.get_running_loop()
+        # Our own loader thread (not the loop's default executor), shut down once loading is
+        # over, so an idle thread never holds up the process's exit.
+        loader = ThreadPoolExecutor(1, thread_name_prefix="shoal-load")
+        try:
+            await self._load_each(loop, loader)
+        finally:
+            loader.shutdown(wait=False)
+
+    async def _load_each(self, loop: asyncio.AbstractEventLoop, loader: ThreadPoolExecutor) -> None:
         try:
             for spec in self.settings.models:
                 logger.info("loading model %r from %s", spec.name, spec.target)
-                obj, device = await loop.run_in_executor(None, self._instantiate, spec)
+                obj, device = await loop.run_in_executor(loader, self._instantiate, spec)
                 model = ServedModel(
                     spec.name,
                     obj,

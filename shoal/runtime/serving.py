@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -122,6 +123,16 @@ def _write_port_file(path: str, port: int) -> None:
     os.replace(tmp, path)  # readers never see a half-written file
 
 
+def _join_workers(timeout_s: float) -> list[str]:
+    """Wait briefly for worker threads (their executors were shut down); name the stuck ones."""
+    deadline = time.monotonic() + timeout_s
+    me = threading.current_thread()
+    for t in threading.enumerate():
+        if t is not me and not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+
+
 def run(
     settings: ServeSettings,
     on_listening: Callable[[Runtime, int], Coroutine[Any, Any, None]] | None = None,
@@ -130,15 +141,11 @@ def run(
 
     runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     code = runner.run(serve(settings, on_listening))
-    stuck = [
-        t.name
-        for t in threading.enumerate()
-        if t.is_alive() and not t.daemon and t is not threading.current_thread()
-    ]
+    stuck = _join_workers(timeout_s=1.0)
     if stuck:
         # Model code still running after the grace period (or a load cut short) would block
         # the interpreter's exit, which joins worker threads: leave now, with our exit code.
-        logger.info("exiting with worker threads still alive: %s", ", ".join(stuck))
+        logger.warning("exiting with model code still running in: %s", ", ".join(stuck))
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
