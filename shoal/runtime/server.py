@@ -4,7 +4,7 @@ health routes, /metrics, and each model's own ingress app under `/{model_name}/.
 Routes:
   GET  /v2/health/live, /v2/health/ready, /v2, /v2/models/{m}, /v2/models/{m}/ready
   POST /v2/models/{m}/infer                (also /v2/models/{m}/versions/{v}/...)
-  POST /v1/models/{m}:predict    GET /v1/models/{m}
+  POST /v1/models/{m}:predict    GET /v1/models/{m}    GET /v1/models
   GET  /metrics
   *    /{m}/...   -> model m's ingress app (FastAPI or any ASGI app), root_path="/{m}"
   *    /...       -> when exactly one model has an ingress: that app, for paths not taken above
@@ -173,6 +173,9 @@ class ShoalApp:
                     ok = self.plane.model_ready(rest)
                     status = 200
                     await _respond(send, 200, v1.model_status(rest, ok), rid)
+            elif path == "/v1/models" or path == "/v1/models/":
+                await _respond(send, 200, dumps({"models": self.plane.expected}), rid)
+                return
             elif path == "/metrics":
                 await _respond(send, 200, self.metrics.render(), rid, _TEXT)
                 return

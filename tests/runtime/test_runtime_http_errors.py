@@ -315,3 +315,9 @@ async def test_a_queued_request_whose_client_left_is_never_computed(
     await wait_for_metric(
         client, 'shoal_requests_total{code="499",model="gatedb",protocol="v1"} 1.0'
     )
+
+
+async def test_v1_lists_the_models(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/models")
+    assert r.json() == {"models": ["echo", "declared", "gated", "broken", "gatedb"]}
+    assert (await client.get("/v1/models/echo")).json() == {"name": "echo", "ready": True}
