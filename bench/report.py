@@ -238,10 +238,9 @@ def _goals(doc: dict[str, Any], rows: list[dict[str, Any]], conns: int, mod: int
         ]
         for name, ref in (("floor", floor), ("Ray Serve", ray), ("KServe", ks)):
             if ref is not None and ref["cpu_ms_per_request"]:
-                parts.append(
-                    f"{name} {ref['cpu_ms_per_request']:.3f} ms "
-                    f"({ref['cpu_ms_per_request'] / s['cpu_ms_per_request']:.1f}x Shoal's)"
-                )
+                x = s["cpu_ms_per_request"] / ref["cpu_ms_per_request"]
+                share = f"{x:.2f}x" if x >= 1 else f"1/{1 / x:.1f}"
+                parts.append(f"{share} of {name}'s {ref['cpu_ms_per_request']:.3f} ms")
         lines.append(", ".join(parts) + " (context, no goal)\n")
     if lines:
         lines.insert(0, "\nGoals (issues 3 and 6):\n\n")
