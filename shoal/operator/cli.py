@@ -126,7 +126,8 @@ async def run_operator(settings: OperatorSettings) -> None:
         settings=kopf_settings,
         standalone=settings.standalone,
         priority=priority,
-        peering_name=settings.peering_name,
+        # kopf makes peering mandatory whenever a peering name is given, even when standalone.
+        peering_name=None if settings.standalone else settings.peering_name,
         clusterwide=settings.cluster_wide,
         namespaces=list(settings.namespaces),
         liveness_endpoint=settings.liveness_endpoint,

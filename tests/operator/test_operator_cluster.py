@@ -493,3 +493,27 @@ def test_examples_become_ready_and_answer_v2(op: Operator) -> None:
         assert len(ips) == replicas
         for ip in ips:
             assert _infer_iris(ip, name) == ["setosa", "virginica"]
+
+
+def test_cli_standalone_operator(crds: Any, k8s_namespace: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    log_path = tmp_path / "operator.log"
+    env = {**crds.env, "SHOAL_OPERATOR_GPU_DEVICE": "auto"}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shoal.operator", "-n", k8s_namespace, "--standalone",
+             "--liveness", "", "--log-format", "json"],
+            env=env, cwd=HERE.parents[1], stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        cli_op = Operator(crds, k8s_namespace, reconciler=None, runner=None)  # type: ignore[arg-type]
+        cli_op.apply(manifest("solo", _merge(ADDER, {"replicas": 1})))
+        cli_op.wait_condition("solo", "Ready", "True", "AllReplicasReady", 180)
+        cli_op.kubectl("delete", "msvc", "solo", "--wait=true", "--timeout=90s")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert any(d.get("object") == f"{k8s_namespace}/solo" for d in lines)
