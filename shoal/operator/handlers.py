@@ -62,6 +62,7 @@ class _ObjectState:
     """Per-ModelService memory of this operator process (lost on restart, by design: every
     field here is re-derived by the next pass)."""
 
+    uid: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     poke: asyncio.Event = field(default_factory=asyncio.Event)
     applied_generation: int = 0
@@ -115,8 +116,12 @@ class Reconciler:
             await self._kube.close()
             self._kube = None
 
-    def state(self, key: Key) -> _ObjectState:
-        return self.states.setdefault(key, _ObjectState())
+    def state(self, key: Key, uid: str) -> _ObjectState:
+        """The memory of this object; a new object under an old name starts afresh."""
+        state = self.states.get(key)
+        if state is None or state.uid != uid:
+            state = self.states[key] = _ObjectState(uid=uid)
+        return state
 
     def poke(self, key: Key) -> None:
         state = self.states.get(key)
@@ -144,7 +149,7 @@ class Reconciler:
         logger = logger or log
         md = body["metadata"]
         key: Key = (md["namespace"], md["name"])
-        state = self.state(key)
+        state = self.state(key, md["uid"])
         async with state.lock:
             try:
                 await self._sync_locked(body, state, logger)
@@ -246,7 +251,7 @@ class Reconciler:
         resync interval (drift repair, alias polling)."""
         md = body["metadata"]
         key: Key = (md["namespace"], md["name"])
-        state = self.state(key)
+        state = self.state(key, md["uid"])
         while not stopped:
             interval = self.settings.resync_seconds
             if reg.is_alias(((body.get("spec") or {}).get("model") or {}).get("uri")):
@@ -271,7 +276,8 @@ class Reconciler:
                 logger.warning("reconcile pass failed, retrying at the next event: %s", exc)
             # Coalesce bursts of pod/deployment events into one pass.
             await asyncio.sleep(self.settings.min_pass_interval_seconds)
-        self.states.pop(key, None)
+        if self.states.get(key) is state:
+            del self.states[key]
 
 
 def _owner_key(body: Mapping[str, Any]) -> Key | None:

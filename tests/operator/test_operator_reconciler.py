@@ -63,11 +63,13 @@ class FakeKube:
         pass
 
 
-def body(spec: dict[str, Any], name: str = "iris", generation: int = 1) -> dict[str, Any]:
+def body(
+    spec: dict[str, Any], name: str = "iris", generation: int = 1, uid: str = "u1"
+) -> dict[str, Any]:
     return {
         "apiVersion": "serving.shoal.dev/v1alpha1",
         "kind": "ModelService",
-        "metadata": {"name": name, "namespace": "ml", "uid": "u1", "generation": generation},
+        "metadata": {"name": name, "namespace": "ml", "uid": uid, "generation": generation},
         "spec": spec,
     }
 
@@ -137,3 +139,13 @@ async def test_stale_generation_is_not_applied() -> None:
     n = len(kube.applied)
     await rec.sync(body({"model": {"class": "a:B"}, "replicas": 1}, generation=1))
     assert len(kube.applied) == n
+
+
+async def test_recreated_object_under_the_same_name_starts_afresh() -> None:
+    kube = FakeKube()
+    rec = reconciler(kube)
+    await rec.sync(body({"model": {"class": "a:B"}}, generation=7, uid="old"))
+    n = len(kube.applied)
+    await rec.sync(body({"model": {"class": "a:B"}, "replicas": 2}, generation=1, uid="new"))
+    assert len(kube.applied) == n + 4
+    assert kube.applied[-1]["metadata"]["ownerReferences"][0]["uid"] == "new"
