@@ -193,6 +193,16 @@ def test_create_scale_update_drift_delete(op: Operator, caplog: pytest.LogCaptur
         "Service recreated",
     )
 
+    # Scale to zero: no pods, and Ready says why.
+    op.kubectl("scale", "msvc", "adder", "--replicas=0")
+    op.wait_condition("adder", "Ready", "True", "ScaledToZero", 120)
+    cluster_wait(
+        op,
+        lambda: op.items("pods", "serving.shoal.dev/model=adder") == [],
+        "pods gone at zero",
+        120,
+    )
+
     # Deletion: the garbage collector removes everything the operator made.
     op.kubectl("delete", "msvc", "adder", "--wait=true", "--timeout=90s")
     for kind in ("deployment", "service", "serviceaccount", "poddisruptionbudget"):
