@@ -527,3 +527,89 @@ def test_cli_standalone_operator(crds: Any, k8s_namespace: str, tmp_path: Path) 
         proc.wait(timeout=30)
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     assert any(d.get("object") == f"{k8s_namespace}/solo" for d in lines)
+
+
+def _register_iris(store: Path) -> str:
+    """examples.registry in its own process: train, log, register, move @champion."""
+    import subprocess
+    import sys
+
+    root = HERE.parents[1]
+    code = f"from examples.registry import register; print(register('sqlite:///{store}/mlflow.db'))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=store,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HOME": str(store)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def mlflow_store() -> Iterator[Path]:
+    """A registry the pods can read: not under /tmp, which is each pod's own emptyDir."""
+    import shutil
+    import uuid
+
+    store = Path.home() / ".cache" / "shoal-operator-tests" / uuid.uuid4().hex[:8]
+    store.mkdir(parents=True)
+    yield store
+    shutil.rmtree(store, ignore_errors=True)
+
+
+def test_registry_example_serves_and_rolls_when_the_alias_moves(
+    crds: Any, k8s_namespace: str, monkeypatch: pytest.MonkeyPatch, mlflow_store: Path
+) -> None:
+    assert _register_iris(mlflow_store) == "1"
+    monkeypatch.setenv("KUBECONFIG", str(crds.kubeconfig))
+    uri = f"sqlite:///{mlflow_store}/mlflow.db"
+    settings = operator_settings(k8s_namespace, mlflow_tracking_uri=uri, alias_poll_seconds=1.0)
+    name = "iris-champion"
+    row = [5.1, 3.5, 1.4, 0.2]
+    with running_operator(crds, k8s_namespace, settings) as op:
+        op.kubectl("apply", "-f", str(HERE.parents[1] / "examples" / "registry-alias.yaml"))
+        op.wait_condition(name, "Ready", "True", "AllReplicasReady", 240)
+        assert (op.get("msvc", name) or {})["status"]["modelVersion"] == "1"
+        (ip,) = op.ready_pod_ips(name)
+        assert _infer_rows(ip, name, row) == [0]
+        old_pods = {
+            p["metadata"]["name"] for p in op.items("pods", f"serving.shoal.dev/model={name}")
+        }
+
+        assert _register_iris(mlflow_store) == "2"  # moves @champion to version 2
+        op.wait_status(name, lambda s: s.get("modelVersion") == "2", "alias moved to 2", 60)
+        ready_seen: set[str] = set()
+
+        def rolled() -> bool:
+            ready_seen.add((op.condition(name, "Ready") or {}).get("status", "missing"))
+            pods = op.items("pods", f"serving.shoal.dev/model={name}")
+            live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+            return bool(
+                live
+                and not {p["metadata"]["name"] for p in pods} & old_pods
+                and len(op.ready_pod_ips(name)) == 1
+            )
+
+        cluster_wait(op, rolled, "replicas rolled to version 2", 240)
+        assert ready_seen == {"True"}
+        assert _env(op, name)["SHOAL_MODEL_URI"] == "models:/iris-registry/2"
+        (ip,) = op.ready_pod_ips(name)
+        assert _infer_rows(ip, name, row) == [0]
+        op.kubectl("delete", "msvc", name, "--wait=true", "--timeout=90s")
+
+
+def _infer_rows(ip: str, name: str, row: list[float]) -> list[int]:
+    import urllib.request
+
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": row}]}
+    req = urllib.request.Request(
+        f"http://{ip}:8000/v2/models/{name}/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        data: list[int] = json.loads(resp.read())["outputs"][0]["data"]
+    return data
