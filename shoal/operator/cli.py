@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
     parser.add_argument("--default-image", help="runtime image for ModelServices without one")
     parser.add_argument("--mlflow-tracking-uri", help="MLflow registry for models:/name@alias")
+    parser.add_argument(
+        "--gateway-url", help="gateway address given to replicas for shoal.handle calls"
+    )
     parser.add_argument("--log-format", choices=["plain", "json"], help="log line format")
     parser.add_argument(
         "--liveness", help="liveness endpoint URL, e.g. http://0.0.0.0:8080/healthz"
@@ -51,7 +54,7 @@ def settings_from_args(
         changes["namespaces"] = ()
     elif args.namespaces:
         changes["namespaces"] = tuple(args.namespaces)
-    for attr in ("default_image", "mlflow_tracking_uri", "log_format", "priority"):
+    for attr in ("default_image", "mlflow_tracking_uri", "gateway_url", "log_format", "priority"):
         value = getattr(args, attr, None)
         if value is not None:
             changes[attr] = value

@@ -120,6 +120,8 @@ def container_env(
         {"name": "SHOAL_GRACE_PERIOD_S", "value": str(spec.drain.grace_period_seconds)},
         {"name": "SHOAL_DEVICE", "value": settings.gpu_device if spec.resources.gpu else "cpu"},
     ]
+    if settings.gateway_url:
+        env.append({"name": "SHOAL_GATEWAY_URL", "value": settings.gateway_url})
     user_names = {e.name for e in spec.env}
     registry = uri is not None and uri.startswith(("models:/", "runs:/"))
     if registry and settings.mlflow_tracking_uri and "MLFLOW_TRACKING_URI" not in user_names:

@@ -30,6 +30,9 @@ class OperatorSettings:
     mlflow_tracking_uri: str | None = None
     """MLflow tracking/registry URI for resolving `models:/name@alias`; also given to replicas
     that load from the registry (as MLFLOW_TRACKING_URI) unless their env sets it."""
+    gateway_url: str | None = None
+    """Address of the Shoal gateway, given to every replica as SHOAL_GATEWAY_URL so that
+    `shoal.handle("other-model")` inside a model reaches the other model's replicas."""
     alias_poll_seconds: float = 30.0
     """How often registry aliases are re-resolved (a moved alias rolls the replicas)."""
     resync_seconds: float = 30.0
@@ -80,6 +83,7 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         run_as_user=int(env.get("SHOAL_OPERATOR_RUN_AS_USER") or base.run_as_user),
         gpu_device=env.get("SHOAL_OPERATOR_GPU_DEVICE") or base.gpu_device,
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+        gateway_url=env.get("SHOAL_OPERATOR_GATEWAY_URL") or None,
         alias_poll_seconds=get_float("SHOAL_OPERATOR_ALIAS_POLL_SECONDS", base.alias_poll_seconds),
         resync_seconds=get_float("SHOAL_OPERATOR_RESYNC_SECONDS", base.resync_seconds),
         log_format=env.get("SHOAL_OPERATOR_LOG_FORMAT") or base.log_format,

@@ -217,6 +217,14 @@ def test_gpu_device_setting() -> None:
     assert env(build({}, settings=OperatorSettings(gpu_device="auto")))["SHOAL_DEVICE"] == "cpu"
 
 
+def test_gateway_url_setting_reaches_every_replica() -> None:
+    assert "SHOAL_GATEWAY_URL" not in env(build({}))
+    settings = OperatorSettings(gateway_url="http://shoal-gateway.shoal-system")
+    assert env(build({}, settings=settings))["SHOAL_GATEWAY_URL"] == (
+        "http://shoal-gateway.shoal-system"
+    )
+
+
 def test_scheduling_passthrough_and_no_duplicate_gpu_toleration() -> None:
     aff = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
     objs = build(

@@ -34,6 +34,7 @@ def test_environment() -> None:
             "SHOAL_OPERATOR_STANDALONE": "true",
             "SHOAL_OPERATOR_PRIORITY": "7",
             "SHOAL_OPERATOR_GPU_DEVICE": "auto",
+            "SHOAL_OPERATOR_GATEWAY_URL": "http://gw",
         }
     )
     assert s.namespaces == ("a", "b")
@@ -47,6 +48,7 @@ def test_environment() -> None:
     assert s.standalone
     assert s.priority == 7
     assert s.gpu_device == "auto"
+    assert s.gateway_url == "http://gw"
 
 
 def test_flags_override_environment() -> None:
@@ -57,7 +59,10 @@ def test_flags_override_environment() -> None:
     assert s.namespaces == ("b", "c")
     assert s.default_image == "y/shoal:2"
     assert s.standalone
-    s = cli.settings_from_args(parse(["-A", "--priority", "3", "--liveness", ""]), env)
+    s = cli.settings_from_args(
+        parse(["-A", "--priority", "3", "--liveness", "", "--gateway-url", "http://g:80"]), env
+    )
+    assert s.gateway_url == "http://g:80"
     assert s.cluster_wide
     assert s.priority == 3
     assert s.liveness_endpoint is None

@@ -185,7 +185,7 @@ def _replica_v1_ok(client: httpx.Client, ip: str, model: str) -> float:
 
 def _serving_pod_ips(op: Operator, name: str, need_env: str | None = None) -> set[str]:
     """Ready, not terminating pods of a model (optionally only those whose container has
-    `need_env` set: the ensemble's pods after the gateway address was added)."""
+    `need_env` set: only pods whose container carries that variable)."""
     ips: set[str] = set()
     for pod in op.items("pods", f"serving.shoal.dev/model={name}"):
         if pod["metadata"].get("deletionTimestamp"):
@@ -195,19 +195,6 @@ def _serving_pod_ips(op: Operator, name: str, need_env: str | None = None) -> se
         if conds.get("Ready") == "True" and (need_env is None or need_env in env):
             ips.add(str(pod["status"]["podIP"]))
     return ips
-
-
-def _point_ensemble_at_gateway(op: Operator, gateway: str) -> None:
-    """Give the ensemble's replicas SHOAL_GATEWAY_URL.
-
-    What the manifest would say in `spec.env` if the API allowed it: SHOAL_* names are
-    reserved there (CEL rule and pydantic), and the operator has no setting that injects the
-    gateway address. So, as examples/iris-ensemble.yaml tells users, it goes onto the
-    Deployment (another field manager: the operator's server-side apply keeps it)."""
-    op.cluster.wait_for(lambda: op.get("deployment", ENSEMBLE), 60, "deployment/iris created")
-    op.kubectl(
-        "set", "env", f"deployment/{ENSEMBLE}", "-c", "model", f"SHOAL_GATEWAY_URL={gateway}"
-    )
 
 
 def _post_v1(client: httpx.Client, gateway: str, model: str, rows: list[Any]) -> list[Any]:
@@ -236,18 +223,18 @@ def test_iris_ensemble_through_handles_on_the_cluster(
     with (
         concurrent.futures.ThreadPoolExecutor(1) as pool,
         _gateway_process(k8s_cluster, ns, tmp_path) as (gateway, gw_proc, gw_log),
-        running_operator(k8s_cluster, ns, operator_settings(ns)) as op,
+        # The operator hands the gateway's address to every replica (SHOAL_GATEWAY_URL).
+        running_operator(k8s_cluster, ns, operator_settings(ns, gateway_url=gateway)) as op,
         httpx.Client(timeout=30) as client,
     ):
         try:
             expected_members = pool.submit(_in_process_members)
             op.kubectl("apply", "-f", str(MANIFEST))
-            _point_ensemble_at_gateway(op, gateway)
             for name in (*MEMBERS, ENSEMBLE):
                 op.wait_condition(name, "Ready", "True", timeout=150)
 
             # Ready as the gateway sees it: exactly the serving pods of each model (for the
-            # ensemble: those started with the gateway address; the first one is rolled away).
+            # ensemble: pods started with the gateway address the operator gave them).
             want = {name: _serving_pod_ips(op, name) for name in MEMBERS}
             want[ENSEMBLE] = k8s_cluster.wait_for(
                 lambda: _serving_pod_ips(op, ENSEMBLE, need_env="SHOAL_GATEWAY_URL"),
