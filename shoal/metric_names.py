@@ -14,3 +14,9 @@ GATEWAY_OUTSTANDING_REQUESTS: Final = "shoal_gateway_outstanding_requests"
 GATEWAY_RETRIES_TOTAL: Final = "shoal_gateway_retries_total"
 GATEWAY_REQUESTS_TOTAL: Final = "shoal_gateway_requests_total"
 GATEWAY_REQUEST_DURATION_SECONDS: Final = "shoal_gateway_request_duration_seconds"
+
+# Latency histogram buckets (seconds), shared by replicas and the gateway so that their
+# histograms can be compared and subtracted bucket by bucket.
+LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip

@@ -13,22 +13,7 @@ from prometheus_client.metrics import Histogram as _Histogram
 
 from shoal import metric_names
 
-_LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
+_LATENCY_BUCKETS = metric_names.LATENCY_BUCKETS
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 

@@ -22,23 +22,7 @@ from prometheus_client.registry import Collector
 from shoal import metric_names as names
 from shoal.runtime.gateway.registry import Registry
 
-LATENCY_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
+LATENCY_BUCKETS = names.LATENCY_BUCKETS
 
 
 _LE = {b: "+Inf" if math.isinf(b) else repr(b) for b in (*LATENCY_BUCKETS, math.inf)}
