@@ -89,10 +89,16 @@ def _from_json_data(name: str, datatype: str, data: Any, count: int) -> np.ndarr
     if kind not in _KIND_OK[target.kind]:
         got = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats"}.get(kind, "text")
         raise _fail(f"input {name!r}: datatype {datatype} does not accept {got}")
-    if target.kind in "iu" and arr.size:
-        low, high = _INT_RANGE[datatype]
-        if arr.min() < low or arr.max() > high:
-            raise _fail(f"input {name!r}: a value is out of range for {datatype}")
+    if target.kind in "iu":
+        if arr.size:
+            low, high = _INT_RANGE[datatype]
+            if arr.min() < low or arr.max() > high:
+                raise _fail(f"input {name!r}: a value is out of range for {datatype}")
+        return arr.astype(target, copy=False)  # in range: the cast cannot overflow
+    if target.kind == "b" or target.itemsize >= 8:  # BOOL, FP64: every JSON value fits
+        return arr.astype(target, copy=False)
+    # FP16/FP32 can overflow. JSON has no inf/nan, so an overflow is the only way to get one;
+    # errstate (about 2 us) turns numpy's warning into an error we can answer with a 400.
     try:
         with np.errstate(over="raise", invalid="raise"):
             return arr.astype(target, copy=False)
@@ -233,14 +239,20 @@ def _check_declared(
 
 
 def _rows(arrays: dict[str, np.ndarray[Any, Any]], n: int) -> list[Any]:
-    def row(arr: np.ndarray[Any, Any], i: int) -> Any:
-        value = arr[i]
-        return value.item() if arr.ndim == 1 and arr.dtype != np.object_ else value
-
     if len(arrays) == 1:
         (arr,) = arrays.values()
-        return [row(arr, i) for i in range(n)]
-    return [{k: row(a, i) for k, a in arrays.items()} for i in range(n)]
+        return _split(arr)
+    columns = {k: _split(a) for k, a in arrays.items()}
+    return [{k: c[i] for k, c in columns.items()} for i in range(n)]
+
+
+def _split(arr: np.ndarray[Any, Any]) -> list[Any]:
+    """The rows of one input: Python scalars for shape [n] (`tolist`), else numpy slices
+    (`list()` iterates the first axis in C; both beat indexing row by row)."""
+    if arr.ndim == 1 and arr.dtype != np.object_:
+        rows: list[Any] = arr.tolist()
+        return rows
+    return list(arr)
 
 
 def _tensor(name: str, values: list[Any]) -> tuple[str, np.ndarray[Any, Any]]:
