@@ -18,19 +18,13 @@ from typing import Any
 from shoal.runtime.batcher import Batcher, BatchPolicy, gather_rows
 from shoal.runtime.batching import BatchedFunction, find_batched
 from shoal.runtime.clock import Clock, LoopClock
-from shoal.runtime.errors import ClientGone, DeadlineExceeded, QueueFull, from_model
+from shoal.runtime.deadlines import Deadlines
+from shoal.runtime.errors import ClientGone, QueueFull, from_model
 from shoal.runtime.execution import call_sync
 
 logger = logging.getLogger(__name__)
 
 ASGIApp = Callable[..., Any]
-
-
-def _expire(futures: Sequence[asyncio.Future[Any]], seconds: float) -> None:
-    err = DeadlineExceeded(f"deadline exceeded: no answer within {seconds * 1000:.0f} ms")
-    for fut in futures:
-        if not fut.done():
-            fut.set_exception(err)
 
 
 def _entry_point(obj: object) -> Callable[..., Any]:
@@ -69,8 +63,8 @@ class ServedModel:
         self.batcher: Batcher[Any, Any] | None = None
         self.policy: BatchPolicy | None = None
         self._executor: ThreadPoolExecutor | None = None
-        # requests awaiting results, by id (grace-period expiry answers them)
-        self._waiting: dict[int, Sequence[asyncio.Future[Any]]] = {}
+        # requests awaiting results, with their deadlines (grace-period expiry answers them)
+        self._deadlines: Deadlines | None = None
         over = {k: v for k, v in (overrides or {}).items() if v is not None}
         self.max_queue_size = over.get("max_queue_size", default_max_queue_size)
         found = find_batched(obj)
@@ -121,7 +115,9 @@ class ServedModel:
         """Answer every waiting request with `error` now (the grace period is over and the
         model has not finished): a clear 503 instead of a cut connection. Returns how many."""
         count = 0
-        for futures in list(self._waiting.values()):
+        if self._deadlines is None:
+            return 0
+        for futures in self._deadlines.waiting():
             pending = [f for f in futures if not f.done()]
             count += bool(pending)
             for fut in pending:
@@ -145,22 +141,19 @@ class ServedModel:
         """
         self.inflight += 1
         try:
-            clock = self.clock
+            deadlines = self._deadlines
+            if deadlines is None:
+                deadlines = self._deadlines = Deadlines(self.clock)
             batcher = self.batcher
             if batcher is not None:
                 futures = batcher.submit_many(rows, gone)
             else:
                 futures = [self._start_unbatched(rows, gone)]
-            timer = clock.call_at(
-                deadline, functools.partial(_expire, futures, deadline - clock.time())
-            )
-            key = id(futures)
-            self._waiting[key] = futures
+            key = deadlines.add(deadline, futures)
             try:
                 results = await gather_rows(futures)
             finally:
-                timer.cancel()
-                del self._waiting[key]
+                deadlines.remove(key)
             if batcher is not None:
                 return results
             out: list[Any] = results[0]
