@@ -114,9 +114,9 @@ class ServedModel:
     def abandon(self, error: Exception) -> int:
         """Answer every waiting request with `error` now (the grace period is over and the
         model has not finished): a clear 503 instead of a cut connection. Returns how many."""
-        count = 0
-        if self._deadlines is None:
+        if self._deadlines is None:  # nothing was ever asked
             return 0
+        count = 0
         for futures in self._deadlines.waiting():
             pending = [f for f in futures if not f.done()]
             count += bool(pending)
