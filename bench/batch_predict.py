@@ -98,13 +98,14 @@ def run_loop(src: Path, dst: Path, batch: int, actors: int, hidden: int) -> None
     torch.set_num_threads(1)
     net = DefaultMLP(hidden=hidden).net
     dst.mkdir(parents=True)
-    with pq.ParquetWriter(dst / "part-0.parquet", schema=None or _schema(src)) as writer:
+    schema = _schema(src)
+    with pq.ParquetWriter(dst / "part-0.parquet", schema=schema) as writer:
         for rb in pq.ParquetFile(src).iter_batches(batch_size=batch):
             x = np.stack([rb.column(i).to_numpy() for i in range(64)], axis=1)
             with torch.inference_mode():
                 out = net(torch.from_numpy(x)).numpy()
             pred = pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), 10)
-            writer.write_batch(pa.RecordBatch.from_arrays([*rb.columns, pred], schema=_schema(src)))
+            writer.write_batch(pa.RecordBatch.from_arrays([*rb.columns, pred], schema=schema))
 
 
 def _schema(src: Path) -> Any:

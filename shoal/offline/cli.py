@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any, get_args
 
 from shoal.offline.columns import RowFormat
-from shoal.offline.pipeline import BatchPredictConfig, InputError, batch_predict, check_target
+from shoal.offline.pipeline import (
+    BatchPredictConfig,
+    InputError,
+    batch_predict,
+    check_target,
+    input_format,
+)
 from shoal.offline.predictor import BatchFormat, PredictorOptions, RowError
 from shoal.runtime.loading import (
     MLFLOW_TARGET,
@@ -142,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         if output.exists() and not args.overwrite:
             raise InputError(f"output {output} exists; pass --overwrite to replace it")
-        if not Path(args.input).exists():
-            raise InputError(f"input {args.input} does not exist")
+        input_format(args.input)
         check_target(config.target)
     except (LoadError, InputError, ValueError) as exc:
         print(f"shoal batch-predict: {exc}", file=sys.stderr)

@@ -56,10 +56,9 @@ class BatchPredictConfig:
             raise ValueError(f"GPUs per actor must be >= 0, got {self.num_gpus_per_actor}")
 
 
-def read_dataset(path: str | os.PathLike[str]) -> ray.data.Dataset:
-    """A Ray Dataset over a csv, parquet or json-lines file (or a folder of them)."""
-    import ray.data
-
+def input_format(path: str | os.PathLike[str]) -> str:
+    """The suffix of the reader for `path` (a file, or a folder of files of one kind), or an
+    InputError that says what is wrong. Cheap: the CLI calls it before Ray starts."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"input {p} does not exist")
@@ -69,13 +68,20 @@ def read_dataset(path: str | os.PathLike[str]) -> ray.data.Dataset:
         if len(kinds) != 1:
             raise InputError(f"input folder {p} must hold files of one kind of {sorted(READERS)}")
         suffix = kinds.pop()
-    reader = READERS.get(suffix)
-    if reader is None:
+    if suffix not in READERS:
         raise InputError(f"input {p}: unknown format {suffix!r}; use one of {sorted(READERS)}")
+    return suffix
+
+
+def read_dataset(path: str | os.PathLike[str]) -> ray.data.Dataset:
+    """A Ray Dataset over a csv, parquet or json-lines file (or a folder of them)."""
+    import ray.data
+
+    suffix = input_format(path)
     kwargs: dict[str, Any] = {"lines": True} if suffix == ".jsonl" else {}
     if suffix == ".jsonl":
         kwargs["file_extensions"] = ["jsonl"]
-    ds: ray.data.Dataset = getattr(ray.data, reader)(str(p), **kwargs)
+    ds: ray.data.Dataset = getattr(ray.data, READERS[suffix])(str(path), **kwargs)
     return ds
 
 

@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
@@ -51,7 +51,6 @@ class PredictorOptions:
     error_column: str = "error"
     fail_fast: bool = False
     device: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _error_text(exc: BaseException) -> str:

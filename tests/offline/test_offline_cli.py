@@ -64,6 +64,7 @@ def test_cli_writes_parquet_and_reports_a_summary(tmp_path: Path) -> None:
     [
         (["--input", "missing.csv"], "input missing.csv does not exist"),
         (["--input", "__INPUT__", "--min-actors", "3", "--max-actors", "2"], "min actors"),
+        (["--input", "__TEXT__"], "unknown format '.txt'"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_a_message(
@@ -71,7 +72,9 @@ def test_cli_bad_arguments_exit_2_with_a_message(
 ) -> None:
     src = tmp_path / "in.csv"
     src.write_text("a\n1\n")
-    args = [str(src) if a == "__INPUT__" else a for a in args]
+    text = tmp_path / "in.txt"
+    text.write_text("a\n1\n")
+    args = [{"__INPUT__": str(src), "__TEXT__": str(text)}.get(a, a) for a in args]
     proc = _shoal(f"{MODELS}:PlainFrame", *args, "--output", str(tmp_path / "o"), cwd=tmp_path)
     assert proc.returncode == 2
     assert message in proc.stderr
