@@ -84,6 +84,10 @@ class Cluster:
             )
         return proc
 
+    def apply(self, namespace: str, manifest: str) -> subprocess.CompletedProcess[str]:
+        """`kubectl apply -n NAMESPACE -f -` with the manifest on stdin."""
+        return self.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+
     def get_json(self, *args: str) -> Any:
         return json.loads(self.kubectl("get", "-o", "json", *args).stdout)
 

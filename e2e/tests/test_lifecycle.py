@@ -86,9 +86,7 @@ def test_delete_sends_sigterm_then_sigkill_after_grace(
     k8s_cluster: Cluster, k8s_namespace: str, tmp_path: Path
 ) -> None:
     ns, shared = k8s_namespace, _host_dir(tmp_path)
-    k8s_cluster.kubectl(
-        "apply", "-n", ns, "-f", "-", input=_signal_pod("stub", STUBBORN, shared, 2)
-    )
+    k8s_cluster.apply(ns, _signal_pod("stub", STUBBORN, shared, 2))
     pod_when(k8s_cluster, ns, "stub", lambda p: p["status"]["phase"] == "Running")
     record = shared / "record"
     pid = k8s_cluster.wait_for(lambda: record.exists() and _pid(record), 30, "the pod's pid")
@@ -111,7 +109,7 @@ def test_delete_runs_prestop_then_sigterm(
     ns, shared = k8s_namespace, _host_dir(tmp_path)
     pre_stop = {"exec": {"command": ["sh", "-c", "echo preStop >> /shared/record"]}}
     manifest = _signal_pod("polite", POLITE, shared, 30, lifecycle={"preStop": pre_stop})
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    k8s_cluster.apply(ns, manifest)
     record = shared / "record"
     pid = k8s_cluster.wait_for(lambda: record.exists() and _pid(record), 60, "the pod's pid")
     k8s_cluster.kubectl("delete", "pod", "-n", ns, "polite", "--wait=false")
@@ -137,7 +135,7 @@ def test_crashing_container_is_restarted_with_exit_code_and_message(
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     manifest = manifests.pod("crash", [c], volumes=[{"name": "tmp", "emptyDir": {}}])
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    k8s_cluster.apply(ns, manifest)
 
     def restarted(p: Any) -> bool:
         cs = p["status"]["containerStatuses"][0]
@@ -166,13 +164,9 @@ def test_namespace_deletion_cleans_up(k8s_cluster: Cluster) -> None:
         "default ServiceAccount",
     )
     k8s_cluster.kubectl("create", "configmap", "c", "-n", ns, "--from-literal=a=b")
-    k8s_cluster.kubectl(
-        "apply",
-        "-n",
+    k8s_cluster.apply(
         ns,
-        "-f",
-        "-",
-        input=manifests.deployment("w", 2, manifests.server_container()),
+        manifests.deployment("w", 2, manifests.server_container()),
     )
     pods = k8s_cluster.wait_for(
         lambda: (
@@ -233,7 +227,7 @@ def test_exec_and_tcp_probes_startup_liveness_readiness(
     manifest = manifests.pod(
         "probed", [c], volumes=[{"name": "tmp", "emptyDir": {}}], terminationGracePeriodSeconds=1
     )
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    k8s_cluster.apply(ns, manifest)
 
     def live_again(p: Any) -> bool:
         cs = p["status"]["containerStatuses"][0]
@@ -249,7 +243,7 @@ def test_exec_and_tcp_probes_startup_liveness_readiness(
 def test_killed_container_is_restarted(k8s_cluster: Cluster, k8s_namespace: str) -> None:
     ns = k8s_namespace
     c = {"name": "c", "image": "python:3.11", "command": ["sleep", "3600"]}
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.pod("victim", [c]))
+    k8s_cluster.apply(ns, manifests.pod("victim", [c]))
     pod_when(k8s_cluster, ns, "victim", lambda p: p["status"]["phase"] == "Running")
     (pid,) = k8s_cluster.pod_pids(ns, "victim")
     os.kill(pid, signal.SIGKILL)

@@ -29,7 +29,7 @@ def gpu_pod(name: str, gpus: int) -> str:
 
 def test_gpu_pod_lands_on_a_gpu_node(k8s_cluster: Cluster, k8s_namespace: str) -> None:
     ns = k8s_namespace
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=gpu_pod("gpu1", 1))
+    k8s_cluster.apply(ns, gpu_pod("gpu1", 1))
     pod = pod_when(k8s_cluster, ns, "gpu1", lambda p: p["status"]["phase"] == "Running")
     assert pod["spec"]["nodeName"] in ("gpu-0", "gpu-1")
 
@@ -38,7 +38,7 @@ def test_too_many_gpus_stays_pending_with_the_schedulers_reason(
     k8s_cluster: Cluster, k8s_namespace: str
 ) -> None:
     ns = k8s_namespace
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=gpu_pod("gpu3", 3))
+    k8s_cluster.apply(ns, gpu_pod("gpu3", 3))
 
     def unschedulable(p: Any) -> bool:
         conds = p["status"]["conditions"]

@@ -59,14 +59,10 @@ def test_deployment_three_replicas_answer_at_their_endpoint_ips(
     k8s_cluster: Cluster, k8s_namespace: str
 ) -> None:
     ns = k8s_namespace
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.service("web"))
-    k8s_cluster.kubectl(
-        "apply",
-        "-n",
+    k8s_cluster.apply(ns, manifests.service("web"))
+    k8s_cluster.apply(
         ns,
-        "-f",
-        "-",
-        input=manifests.deployment("web", 3, manifests.server_container()),
+        manifests.deployment("web", 3, manifests.server_container()),
     )
     ips = wait_ready_ips(k8s_cluster, ns, "web", 3)
     pods = k8s_cluster.get_json("pods", "-n", ns, "-l", "app=web")["items"]
@@ -103,9 +99,7 @@ def test_env_volumes_and_in_cluster_api_access(k8s_cluster: Cluster, k8s_namespa
         {"name": "cfg", "configMap": {"name": "cfg"}},
         {"name": "scratch", "emptyDir": {}},
     ]
-    k8s_cluster.kubectl(
-        "apply", "-n", ns, "-f", "-", input=manifests.pod("envpod", [container], volumes=volumes)
-    )
+    k8s_cluster.apply(ns, manifests.pod("envpod", [container], volumes=volumes))
     k8s_cluster.kubectl("wait", "-n", ns, "pod/envpod", "--for=condition=Ready", "--timeout=60s")
     pod = k8s_cluster.get_json("pod", "-n", ns, "envpod")
     info = get(pod["status"]["podIP"])
@@ -131,13 +125,9 @@ def test_env_volumes_and_in_cluster_api_access(k8s_cluster: Cluster, k8s_namespa
         "command": ["python", "-c", script],
         "volumeMounts": [{"name": "cfg", "mountPath": "/etc/shoal-e2e-cfg"}],
     }
-    k8s_cluster.kubectl(
-        "apply",
-        "-n",
+    k8s_cluster.apply(
         ns,
-        "-f",
-        "-",
-        input=manifests.pod("client", [job_pod], restartPolicy="Never", volumes=volumes[:1]),
+        manifests.pod("client", [job_pod], restartPolicy="Never", volumes=volumes[:1]),
     )
     done = pod_when(
         k8s_cluster, ns, "client", lambda p: p["status"].get("phase") in ("Succeeded", "Failed")
@@ -151,14 +141,10 @@ def test_env_volumes_and_in_cluster_api_access(k8s_cluster: Cluster, k8s_namespa
 
 def test_readiness_failure_removes_the_endpoint(k8s_cluster: Cluster, k8s_namespace: str) -> None:
     ns = k8s_namespace
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.service("rd"))
-    k8s_cluster.kubectl(
-        "apply",
-        "-n",
+    k8s_cluster.apply(ns, manifests.service("rd"))
+    k8s_cluster.apply(
         ns,
-        "-f",
-        "-",
-        input=manifests.deployment("rd", 2, manifests.server_container()),
+        manifests.deployment("rd", 2, manifests.server_container()),
     )
     ips = wait_ready_ips(k8s_cluster, ns, "rd", 2)
     victim, other = sorted(ips)
@@ -178,7 +164,7 @@ def test_readiness_failure_removes_the_endpoint(k8s_cluster: Cluster, k8s_namesp
 def test_unmapped_image_waits_with_a_clear_reason(k8s_cluster: Cluster, k8s_namespace: str) -> None:
     ns = k8s_namespace
     c = {"name": "c", "image": "nginx:1.27", "command": ["nginx"]}
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.pod("nginx", [c]))
+    k8s_cluster.apply(ns, manifests.pod("nginx", [c]))
     pod = pod_when(
         k8s_cluster,
         ns,
@@ -216,14 +202,10 @@ open("/dev/termination-log", "w").write(json.dumps(result))
 
 def test_service_cluster_ip_and_dns(k8s_cluster: Cluster, k8s_namespace: str) -> None:
     ns = k8s_namespace
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests.service("web"))
-    k8s_cluster.kubectl(
-        "apply",
-        "-n",
+    k8s_cluster.apply(ns, manifests.service("web"))
+    k8s_cluster.apply(
         ns,
-        "-f",
-        "-",
-        input=manifests.deployment("web", 2, manifests.server_container()),
+        manifests.deployment("web", 2, manifests.server_container()),
     )
     wait_ready_ips(k8s_cluster, ns, "web", 2)
     cluster_ip = k8s_cluster.get_json("service", "-n", ns, "web")["spec"]["clusterIP"]
@@ -235,9 +217,7 @@ def test_service_cluster_ip_and_dns(k8s_cluster: Cluster, k8s_namespace: str) ->
         "image": "python:3.11",
         "command": ["python", "-c", CLIENT.replace("{ns}", ns)],
     }
-    k8s_cluster.kubectl(
-        "apply", "-n", ns, "-f", "-", input=manifests.pod("client", [client], restartPolicy="Never")
-    )
+    k8s_cluster.apply(ns, manifests.pod("client", [client], restartPolicy="Never"))
     done = pod_when(
         k8s_cluster, ns, "client", lambda p: p["status"].get("phase") in ("Succeeded", "Failed")
     )
@@ -278,7 +258,7 @@ def test_init_container_runs_first_and_shares_volumes(
         restartPolicy="Never",
         volumes=[{"name": "work", "emptyDir": {}}],
     )
-    k8s_cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    k8s_cluster.apply(ns, manifest)
     pod = pod_when(k8s_cluster, ns, "init", lambda p: p["status"].get("phase") == "Succeeded")
     assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
@@ -295,9 +275,7 @@ def test_shoal_image_runs_the_local_installation(k8s_cluster: Cluster, k8s_names
         "image": "ghcr.io/shoal-dev/shoal:dev",
         "command": ["python", "-c", "import examples, shoal, sys; print(sys.prefix)"],
     }
-    k8s_cluster.kubectl(
-        "apply", "-n", ns, "-f", "-", input=manifests.pod("cli", [cli, imp], restartPolicy="Never")
-    )
+    k8s_cluster.apply(ns, manifests.pod("cli", [cli, imp], restartPolicy="Never"))
     pod = pod_when(k8s_cluster, ns, "cli", lambda p: p["status"].get("phase") == "Succeeded")
     assert all(
         c["state"]["terminated"]["exitCode"] == 0 for c in pod["status"]["containerStatuses"]
@@ -310,13 +288,9 @@ def test_missing_config_map_waits_then_starts(k8s_cluster: Cluster, k8s_namespac
     ns = k8s_namespace
     env = [{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "v"}}}]
     c = {"name": "c", "image": "python:3.11", "command": ["sleep", "3600"], "env": env}
-    k8s_cluster.kubectl(
-        "apply",
-        "-n",
+    k8s_cluster.apply(
         ns,
-        "-f",
-        "-",
-        input=manifests.pod("late", [c], terminationGracePeriodSeconds=1),
+        manifests.pod("late", [c], terminationGracePeriodSeconds=1),
     )
     pod_when(
         k8s_cluster,

@@ -144,7 +144,7 @@ async def k8s_gateway(k8s_cluster: Cluster, k8s_namespace: str) -> AsyncIterator
 
 
 def _apply(cluster: Cluster, ns: str, obj: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(obj))
+    cluster.apply(ns, json.dumps(obj))
 
 
 def _hosts(app: GatewayApp, model: str) -> set[str] | None:
@@ -198,17 +198,11 @@ async def test_gateway_routes_to_deployment_pods_and_drops_unready_ones(
     service["metadata"]["labels"] = {"app.kubernetes.io/name": "shoal-model"}
     await asyncio.to_thread(_apply, k8s_cluster, ns, service)
     # A Service without the label is not a model (the controller copies labels to slices).
+    await asyncio.to_thread(k8s_cluster.apply, ns, manifests.service("other"))
     await asyncio.to_thread(
-        k8s_cluster.kubectl, "apply", "-n", ns, "-f", "-", input=manifests.service("other")
-    )
-    await asyncio.to_thread(
-        k8s_cluster.kubectl,
-        "apply",
-        "-n",
+        k8s_cluster.apply,
         ns,
-        "-f",
-        "-",
-        input=manifests.deployment("web", 2, manifests.server_container()),
+        manifests.deployment("web", 2, manifests.server_container()),
     )
     await wait_until(
         lambda: len(_hosts(app, "web") or ()) == 2, timeout_s=120, what="two ready pods"
