@@ -12,7 +12,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("shoal.runtime.cli_serve", "serve one or more model classes over HTTP"),
     "demo": ("shoal.runtime.cli_demo", "serve the embedded default model and query it"),
-    "gateway": ("shoal.runtime.gateway.cli", "route model requests to replicas"),
+    "gateway": ("shoal.gateway.cli", "route model requests to replicas"),
     "operator": ("shoal.operator.cli", "run the ModelService operator"),
     "batch-predict": ("shoal.offline.cli", "run a model over a dataset with Ray Data"),
 }

@@ -8,7 +8,7 @@ import argparse
 import json
 import logging
 
-from shoal.runtime import logs
+from shoal import logs
 from shoal.runtime.lifecycle import Runtime
 from shoal.runtime.loading import DEFAULT_MODEL_TARGET, ModelSpec
 from shoal.runtime.settings import ServeSettings

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from shoal.runtime import logs
+from shoal import logs
 from shoal.runtime.lifecycle import write_termination_log
 from shoal.runtime.loading import LoadError
 from shoal.runtime.settings import add_arguments as _add_arguments

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-import shoal
+from shoal.runtime.batching import batch
 
 
 class DefaultMLP:
@@ -50,7 +50,7 @@ class DefaultMLP:
             )
         return x
 
-    @shoal.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     def __call__(self, rows: list[Any]) -> list[Any]:
         # A malformed row fails only its own request, never the batch it shares.
         checked = [self._row(r) for r in rows]

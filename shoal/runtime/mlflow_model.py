@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-import shoal
+from shoal.runtime.batching import batch
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class MlflowPyfunc:
             return pd.DataFrame(rows)
         return np.asarray(rows)
 
-    @shoal.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     def __call__(self, rows: list[Any]) -> list[Any]:
         out = self.model.predict(self._frame(rows))
         if hasattr(out, "to_dict") and hasattr(out, "columns"):  # a DataFrame: one record per row

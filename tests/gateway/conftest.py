@@ -14,8 +14,8 @@ import orjson
 import pytest
 import uvicorn
 
-from shoal.runtime.gateway.app import GatewayApp
-from shoal.runtime.gateway.settings import GatewaySettings, StaticUpstream
+from shoal.gateway.app import GatewayApp
+from shoal.gateway.settings import GatewaySettings, StaticUpstream
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -8,7 +8,7 @@ import asyncio
 import orjson
 import pytest
 
-from shoal.runtime.gateway.settings import HttpSettings
+from shoal.gateway.settings import HttpSettings
 from tests.gateway.conftest import FakeReplica, RunningGateway
 
 LIMITS = HttpSettings(

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from shoal import metric_names
-from shoal.runtime.gateway.registry import Endpoint
+from shoal.gateway.registry import Endpoint
 from shoal.runtime.testing import ServeProcess
 from tests.gateway.conftest import wait_until
 

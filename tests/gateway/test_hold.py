@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from shoal import metric_names
-from shoal.runtime.gateway.hold import HoldFull, HoldQueue
-from shoal.runtime.gateway.registry import Endpoint
+from shoal.gateway.hold import HoldFull, HoldQueue
+from shoal.gateway.registry import Endpoint
 from tests.gateway.conftest import wait_until
 
 

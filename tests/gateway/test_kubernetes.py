@@ -13,10 +13,10 @@ import pytest
 
 from e2e.cluster import Cluster
 from e2e.tests import manifests
-from shoal.runtime.gateway.app import GatewayApp
-from shoal.runtime.gateway.discovery.kubernetes import KubernetesDiscovery, slice_endpoints
-from shoal.runtime.gateway.registry import Endpoint
-from shoal.runtime.gateway.settings import GatewaySettings, KubernetesSettings, StaticUpstream
+from shoal.gateway.app import GatewayApp
+from shoal.gateway.discovery.kubernetes import KubernetesDiscovery, slice_endpoints
+from shoal.gateway.registry import Endpoint
+from shoal.gateway.settings import GatewaySettings, KubernetesSettings, StaticUpstream
 from tests.gateway.conftest import wait_until
 
 

@@ -194,7 +194,7 @@ async def test_client_going_away_cancels_its_upstream_request(replicas, gateway)
 
 
 async def test_upstream_connections_are_kept_alive_and_bounded(replicas, gateway) -> None:
-    from shoal.runtime.gateway.settings import UpstreamSettings
+    from shoal.gateway.settings import UpstreamSettings
 
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]}, upstream=UpstreamSettings(max_connections=4, max_idle=4))

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from shoal import metric_names
-from shoal.runtime.gateway.registry import Endpoint
+from shoal.gateway.registry import Endpoint
 from shoal.runtime.testing import ServeProcess
 from tests.gateway.conftest import RunningGateway, wait_until
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from shoal.runtime.gateway.auth import Authenticator, TokenFileError, parse_tokens
-from shoal.runtime.gateway.balancer import pick
-from shoal.runtime.gateway.budget import RetryBudget
-from shoal.runtime.gateway.routing import Route, RouteKind, route
+from shoal.gateway.auth import Authenticator, TokenFileError, parse_tokens
+from shoal.gateway.balancer import pick
+from shoal.gateway.budget import RetryBudget
+from shoal.gateway.routing import Route, RouteKind, route
 
 
 @pytest.mark.parametrize(
@@ -208,9 +208,9 @@ def test_authenticator_decisions() -> None:
 def test_metrics_count_codes_latency_buckets_and_retries() -> None:
     from prometheus_client import generate_latest
 
-    from shoal.runtime.gateway.metrics import GatewayMetrics
-    from shoal.runtime.gateway.registry import Registry
-    from shoal.runtime.gateway.settings import GatewaySettings
+    from shoal.gateway.metrics import GatewayMetrics
+    from shoal.gateway.registry import Registry
+    from shoal.gateway.settings import GatewaySettings
 
     m = GatewayMetrics(Registry(GatewaySettings(), FakeClock()))
     m.observe("iris", 200, 0.0005)  # on a bucket bound: counted in that bucket

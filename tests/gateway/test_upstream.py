@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from shoal.runtime.gateway.settings import UpstreamSettings
-from shoal.runtime.gateway.upstream import ConnectError, UpstreamPool
+from shoal.gateway.settings import UpstreamSettings
+from shoal.gateway.upstream import ConnectError, UpstreamPool
 
 
 async def _server() -> tuple[asyncio.Server, int]:

@@ -10,12 +10,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from shoal.runtime.gateway.auth import Authenticator, TokenFileError, parse_tokens
-from shoal.runtime.gateway.discovery.base import DiscoverySink
-from shoal.runtime.gateway.kubeapi import JsonObj, list_watch, load_config
-from shoal.runtime.gateway.registry import Endpoint
-from shoal.runtime.gateway.routing import is_model_name
-from shoal.runtime.gateway.settings import KubernetesSettings
+from shoal.gateway.auth import Authenticator, TokenFileError, parse_tokens
+from shoal.gateway.discovery.base import DiscoverySink
+from shoal.gateway.kubeapi import JsonObj, list_watch, load_config
+from shoal.gateway.registry import Endpoint
+from shoal.gateway.routing import is_model_name
+from shoal.gateway.settings import KubernetesSettings
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import logging
 import signal
 from pathlib import Path
 
-from shoal.runtime import logs
-from shoal.runtime.gateway.discovery.static import parse_upstream_url
-from shoal.runtime.gateway.settings import (
+from shoal import logs
+from shoal.gateway.discovery.static import parse_upstream_url
+from shoal.gateway.settings import (
     GatewaySettings,
     HttpSettings,
     KubernetesSettings,
@@ -120,7 +120,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
 
 
 async def _serve(settings: GatewaySettings, port_file: str | None = None) -> None:
-    from shoal.runtime.gateway.app import GatewayApp
+    from shoal.gateway.app import GatewayApp
 
     app = GatewayApp(settings)
     port = await app.start()

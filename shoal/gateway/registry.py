@@ -10,10 +10,10 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-from shoal.runtime.gateway.budget import RetryBudget
-from shoal.runtime.gateway.hold import HoldQueue
-from shoal.runtime.gateway.settings import GatewaySettings
-from shoal.runtime.gateway.upstream import UpstreamPool
+from shoal.gateway.budget import RetryBudget
+from shoal.gateway.hold import HoldQueue
+from shoal.gateway.settings import GatewaySettings
+from shoal.gateway.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 

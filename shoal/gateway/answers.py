@@ -8,12 +8,12 @@ import logging
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shoal.runtime.gateway.auth import Authenticator
-from shoal.runtime.gateway.httpserver import HttpConnection
-from shoal.runtime.gateway.metrics import GatewayMetrics
-from shoal.runtime.gateway.registry import Registry
-from shoal.runtime.gateway.routing import RouteKind
-from shoal.runtime.gateway.wire import JSON_HEADER, Request, json_body
+from shoal.gateway.auth import Authenticator
+from shoal.gateway.httpserver import HttpConnection
+from shoal.gateway.metrics import GatewayMetrics
+from shoal.gateway.registry import Registry
+from shoal.gateway.routing import RouteKind
+from shoal.gateway.wire import JSON_HEADER, Request, json_body
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import cast
 
 import httptools
 
-from shoal.runtime.gateway.settings import UpstreamSettings
+from shoal.gateway.settings import UpstreamSettings
 
 log = logging.getLogger(__name__)
 

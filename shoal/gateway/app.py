@@ -9,14 +9,14 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from shoal.runtime.gateway.auth import Authenticator, parse_tokens
-from shoal.runtime.gateway.discovery.base import Discovery
-from shoal.runtime.gateway.discovery.static import StaticDiscovery
-from shoal.runtime.gateway.httpserver import HttpServer
-from shoal.runtime.gateway.metrics import GatewayMetrics
-from shoal.runtime.gateway.proxy import Gateway
-from shoal.runtime.gateway.registry import Registry
-from shoal.runtime.gateway.settings import GatewaySettings
+from shoal.gateway.auth import Authenticator, parse_tokens
+from shoal.gateway.discovery.base import Discovery
+from shoal.gateway.discovery.static import StaticDiscovery
+from shoal.gateway.httpserver import HttpServer
+from shoal.gateway.metrics import GatewayMetrics
+from shoal.gateway.proxy import Gateway
+from shoal.gateway.registry import Registry
+from shoal.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class GatewayApp:
                 discoveries.append(StaticDiscovery(s.static))
             if s.kubernetes is not None:
                 # Imported here: only a gateway with Kubernetes discovery pays for it.
-                from shoal.runtime.gateway.discovery.kubernetes import (
+                from shoal.gateway.discovery.kubernetes import (
                     KubernetesDiscovery,
                     SecretTokens,
                 )

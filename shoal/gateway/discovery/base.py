@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from shoal.runtime.gateway.registry import Endpoint
+from shoal.gateway.registry import Endpoint
 
 
 class DiscoverySink(Protocol):

@@ -17,8 +17,8 @@ from typing import cast
 
 import httptools
 
-from shoal.runtime.gateway.settings import HttpSettings
-from shoal.runtime.gateway.wire import JSON_HEADER, Request, json_body, status_line
+from shoal.gateway.settings import HttpSettings
+from shoal.gateway.wire import JSON_HEADER, Request, json_body, status_line
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 retries within a deadline and a budget, holds requests for models at zero replicas, checks
 bearer tokens, and exports its own metrics. `shoal gateway` runs it (see cli.py)."""
 
-from shoal.runtime.gateway.app import GatewayApp
-from shoal.runtime.gateway.settings import GatewaySettings, StaticUpstream
+from shoal.gateway.app import GatewayApp
+from shoal.gateway.settings import GatewaySettings, StaticUpstream
 
 __all__ = ["GatewayApp", "GatewaySettings", "StaticUpstream"]

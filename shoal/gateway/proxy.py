@@ -16,16 +16,16 @@ import logging
 import random
 from collections.abc import Callable
 
-from shoal.runtime.gateway.answers import Answers
-from shoal.runtime.gateway.auth import Authenticator
-from shoal.runtime.gateway.balancer import pick
-from shoal.runtime.gateway.hold import HoldFull
-from shoal.runtime.gateway.httpserver import HttpConnection
-from shoal.runtime.gateway.metrics import GatewayMetrics
-from shoal.runtime.gateway.registry import Model, Registry, Replica
-from shoal.runtime.gateway.routing import Route, RouteKind, route
-from shoal.runtime.gateway.settings import GatewaySettings
-from shoal.runtime.gateway.upstream import (
+from shoal.gateway.answers import Answers
+from shoal.gateway.auth import Authenticator
+from shoal.gateway.balancer import pick
+from shoal.gateway.hold import HoldFull
+from shoal.gateway.httpserver import HttpConnection
+from shoal.gateway.metrics import GatewayMetrics
+from shoal.gateway.registry import Model, Registry, Replica
+from shoal.gateway.routing import Route, RouteKind, route
+from shoal.gateway.settings import GatewaySettings
+from shoal.gateway.upstream import (
     HOP_BY_HOP,
     BrokenResponse,
     ConnectError,
@@ -33,7 +33,7 @@ from shoal.runtime.gateway.upstream import (
     UpstreamConnection,
     UpstreamError,
 )
-from shoal.runtime.gateway.wire import Request
+from shoal.gateway.wire import Request
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import asyncio
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from shoal.runtime.gateway.discovery.base import DiscoverySink
-from shoal.runtime.gateway.registry import Endpoint
-from shoal.runtime.gateway.settings import StaticUpstream
+from shoal.gateway.discovery.base import DiscoverySink
+from shoal.gateway.registry import Endpoint
+from shoal.gateway.settings import StaticUpstream
 
 
 def parse_upstream_url(url: str) -> Endpoint:
