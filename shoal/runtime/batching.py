@@ -1,5 +1,5 @@
 """`@shoal.batch`: the user-facing decorator. Callers pass ONE input and get ONE result; the
-function receives a list. The queue and dispatcher live in batcher.py."""
+function receives a list. The queue and dispatcher live in batch_queue.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, overload
 
-from shoal.runtime.batcher import Batcher, BatchPolicy, gather_rows
+from shoal.runtime.batch_queue import Batcher, BatchPolicy, gather_rows
 from shoal.runtime.clock import Clock
 
 __all__ = [

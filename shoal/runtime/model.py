@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from shoal.runtime.batcher import Batcher, BatchPolicy, gather_rows
+from shoal.runtime.batch_queue import Batcher, BatchPolicy, gather_rows
 from shoal.runtime.batching import BatchedFunction, find_batched
 from shoal.runtime.clock import Clock, LoopClock
 from shoal.runtime.deadlines import Deadlines

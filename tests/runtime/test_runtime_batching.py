@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal.runtime.batcher import Batcher, BatchPolicy
+from shoal.runtime.batch_queue import Batcher, BatchPolicy
 from shoal.runtime.clock import FakeClock
 from shoal.runtime.errors import (
     ClientGone,
