@@ -73,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    from shoal.runtime.serving import run as serve_run
+    from shoal.runtime.uvicorn_runner import run as serve_run
 
     return serve_run(settings, ask)

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         write_termination_log(path, f"invalid settings: {exc}")
         return 2
     logs.configure(settings.log_format, settings.log_level)
-    from shoal.runtime.serving import run as serve_run
+    from shoal.runtime.uvicorn_runner import run as serve_run
 
     try:
         return serve_run(settings)
