@@ -21,10 +21,9 @@ from shoal.runtime.clock import Clock, LoopClock
 from shoal.runtime.deadlines import Deadlines
 from shoal.runtime.errors import ClientGone, QueueFull, from_model
 from shoal.runtime.execution import call_sync
+from shoal.runtime.ingress import find_ingress
 
 logger = logging.getLogger(__name__)
-
-ASGIApp = Callable[..., Any]
 
 
 def _entry_point(obj: object) -> Callable[..., Any]:
@@ -217,20 +216,3 @@ def _transfer(
             reply.set_exception(ClientGone(f"{name}: the client went away"))
         else:
             reply.set_result(result)
-
-
-def find_ingress(obj: object) -> ASGIApp | None:
-    """A model's own ASGI app (FastAPI or any ASGI callable): an `ingress()` method that builds
-    it (it can close over `self`), or an `app` attribute (we set `app.state.model = obj`)."""
-    build = getattr(obj, "ingress", None)
-    app = build() if callable(build) and not _is_asgi_app(build) else getattr(obj, "app", None)
-    if app is None:
-        return None
-    state = getattr(app, "state", None)
-    if state is not None:
-        state.model = obj
-    return app  # type: ignore[no-any-return]
-
-
-def _is_asgi_app(obj: object) -> bool:
-    return hasattr(obj, "router") or hasattr(obj, "routes")
