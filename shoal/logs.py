@@ -1,4 +1,4 @@
-"""Log setup shared by the runtime and the gateway: text for people, JSON lines (with request ids) for collectors."""
+"""Log setup shared by the runtime and the gateway: text for people, JSON lines for collectors."""
 
 from __future__ import annotations
 
