@@ -120,8 +120,10 @@ def test_spike_holds_through_the_panic_then_steps_down_once() -> None:
     w = World(Policy(cfg()), current=2)
     w.run(lambda t: 80.0 if 20 <= t < 25 else 6.0, 0, 300)
     assert w.trajectory[0] == (20, 20)
-    # Never down while panicking (until 60 s after the burst decision at 20), then one step.
-    assert w.trajectory[1:] == [(81, 2)]
+    # Never down while panicking (until 80, 60 s after the burst decision), nor within the
+    # delay after the last panic window that needed 20 (the spike's last sample at 24 is in
+    # it until 30): down at 90, in one step.
+    assert w.trajectory[1:] == [(90, 2)]
     assert w.direction_changes() == 1
 
 
@@ -169,9 +171,11 @@ def test_restart_mid_burst_neither_flaps_nor_freezes() -> None:
     # A new operator process: fresh policy state, the same count from the API.
     after = World(Policy(cfg()), current=before.current)
     after.ready_at = list(before.ready_at)
-    after.run(lambda t: 60.0 if t < 40 else 8.0, 31, 200)
-    # Held for one full delay after the restart (no flap), then down to 2 (no freeze).
-    assert after.trajectory == [(100, 2)]
+    after.run(lambda t: 8.0, 31, 200)
+    # Demand fell as it restarted: held for one full delay after the restart (no flap, as a
+    # fresh state with no history would otherwise scale down at once), then down to 2 in one
+    # step (no freeze).
+    assert after.trajectory == [(91, 2)]
     # Scale-up right after a restart needs no history.
     fresh = Policy(cfg())
     assert fresh.decide(obs(0, 2, [40.0, 40.0])).replicas == 20

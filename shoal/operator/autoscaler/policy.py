@@ -161,7 +161,9 @@ class Policy:
         now, current = obs.now, obs.current
         low, high, starting = self._record(obs)
         panic_avg = _mean([s[1] for s in st.samples if s[0] > now - c.panic_window_s])
-        recent_high = _mean([s[2] for s in st.samples if s[0] > now - c.panic_window_s])
+        # Scale-down looks at the highest sample of the panic window: a mean would let noise
+        # peaks that the lower count cannot absorb pull it down and push it straight back up.
+        recent_high = max((s[2] for s in st.samples if s[0] > now - c.panic_window_s), default=0.0)
         panicking = st.panic_until is not None and now < st.panic_until
 
         def decision(n: int, reason: str) -> Decision:
