@@ -11,7 +11,7 @@ from shoal import logs
 from shoal.runtime.lifecycle import write_termination_log
 from shoal.runtime.loading import LoadError
 from shoal.runtime.settings import add_arguments as _add_arguments
-from shoal.runtime.settings import from_args
+from shoal.runtime.settings import default_termination_log, from_args
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,7 @@ def run(args: argparse.Namespace) -> int:
         logs.configure()
         logger.error("%s", exc)
         # In a pod, this is what `kubectl describe` shows for a misconfigured ModelService.
-        path = os.environ.get("SHOAL_TERMINATION_LOG") or "/dev/termination-log"
-        write_termination_log(path, f"invalid settings: {exc}")
+        write_termination_log(default_termination_log(os.environ), f"invalid settings: {exc}")
         return 2
     logs.configure(settings.log_format, settings.log_level)
     from shoal.runtime.uvicorn_runner import run as serve_run

@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from shoal.runtime.errors import Draining, ModelNotFound, NotReady
+from shoal.runtime.errors import Draining, ModelNotFound, NotReady, echo
 from shoal.runtime.model import ServedModel
 
 
 class DataPlane:
-    def __init__(self, expected: Iterable[str]) -> None:
+    def __init__(
+        self, expected: Iterable[str], *, now: Callable[[], float] = time.monotonic
+    ) -> None:
         self.expected = list(expected)
         """Model names this process serves (known before they load: 503, not 404)."""
         self.models: dict[str, ServedModel] = {}
@@ -21,7 +23,8 @@ class DataPlane:
         self.draining = False
         self.inflight = 0
         self.last_refused = 0.0
-        """When work was last refused for draining (monotonic): drain lingers while it comes."""
+        """When work was last refused for draining (on `now`): drain lingers while it comes."""
+        self._now = now
         self._idle = asyncio.Event()
 
     # -- state ----------------------------------------------------------------------------
@@ -40,22 +43,23 @@ class DataPlane:
             return model
         if name in self.expected:
             raise NotReady(f"model {name!r} is loading")
-        raise ModelNotFound(f"model {name!r} not found; this server has {self._names()}")
+        raise self._not_found(name)
 
-    def _names(self) -> str:
-        return ", ".join(repr(n) for n in self.expected) or "no models"
+    def _not_found(self, name: str) -> ModelNotFound:
+        names = ", ".join(repr(n) for n in self.expected) or "no models"
+        return ModelNotFound(f"model {echo(name)!r} not found; this server has {names}")
 
     def model_ready(self, name: str) -> bool:
         model = self.models.get(name)
         if model is None and name not in self.expected:
-            raise ModelNotFound(f"model {name!r} not found; this server has {self._names()}")
+            raise self._not_found(name)
         return model is not None and model.ready and not self.draining
 
     # -- work -----------------------------------------------------------------------------
     def admit(self) -> None:
         """Count a unit of work in (drain waits for these); refuse new work while draining."""
         if self.draining:
-            self.last_refused = time.monotonic()
+            self.last_refused = self._now()
             raise Draining()
         self.inflight += 1
 

@@ -75,6 +75,18 @@ class DeadlineExceeded(ShoalError):
     status = 504
 
 
+ECHO_LIMIT = 100
+"""At most this many characters of what a client sent (a path, a model name) come back in an
+error message: a 60 KB name must not come back as a 60 KB answer."""
+
+
+def echo(text: str) -> str:
+    """`text` as an error message may quote it: cut at ECHO_LIMIT characters."""
+    if len(text) <= ECHO_LIMIT:
+        return text
+    return text[:ECHO_LIMIT] + f"... ({len(text)} characters)"
+
+
 def to_response(
     exc: BaseException, request_id: str = ""
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

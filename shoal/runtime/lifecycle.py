@@ -1,18 +1,21 @@
 """One runtime process's life: load models (ready only after), serve, and drain on SIGTERM
 (ready false at once, new work 503 with x-shoal-draining, finish what was admitted within the
 grace period, then exit 0). A failed load exits non-zero with the cause in the log and in the
-termination log."""
+termination log.
+
+The drain's timers run on an injected `Clock` (the event loop's by default), so tests move time
+with a `FakeClock` and assert exactly when the process asks to exit."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from shoal.runtime import handle as handle_mod
+from shoal.runtime.clock import Clock, LoopClock
 from shoal.runtime.dataplane import DataPlane
 from shoal.runtime.errors import Draining
 from shoal.runtime.loading import LoadError, ModelSpec, instantiate
@@ -24,7 +27,9 @@ from shoal.runtime.settings import DEFAULT_MAX_QUEUE_SIZE, ServeSettings
 logger = logging.getLogger(__name__)
 
 
-def write_termination_log(path: str, message: str) -> None:
+def write_termination_log(path: str | None, message: str) -> None:
+    if path is None:  # not in a pod, and not asked for one
+        return
     try:
         with open(path, "w") as f:
             f.write(message[-4000:])  # Kubernetes keeps at most 4096 bytes
@@ -34,15 +39,21 @@ def write_termination_log(path: str, message: str) -> None:
 
 class Runtime:
     def __init__(
-        self, settings: ServeSettings, request_exit: Callable[[], None] | None = None
+        self,
+        settings: ServeSettings,
+        request_exit: Callable[[], None] | None = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        self._clock = clock
         self.metrics = RuntimeMetrics()
-        self.plane = DataPlane(spec.name for spec in settings.models)
+        self.plane = DataPlane((spec.name for spec in settings.models), now=self._now)
         self.app = ShoalApp(
             self.plane,
             self.metrics,
             request_timeout_s=settings.request_timeout_s,
+            max_timeout_ms=settings.max_timeout_ms,
             max_body_bytes=settings.max_body_bytes,
             on_startup=self._startup,
             on_shutdown=self._shutdown,
@@ -52,6 +63,17 @@ class Runtime:
         self.loaded = asyncio.Event()
         self._load_task: asyncio.Task[None] | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self.drain_wake: float | None = None
+        """While draining: the clock time the drain waits for next (grace end, end of quiet)."""
+
+    @property
+    def clock(self) -> Clock:
+        if self._clock is None:
+            self._clock = LoopClock()  # made on first use, on the running loop
+        return self._clock
+
+    def _now(self) -> float:
+        return self.clock.time()
 
     async def _startup(self) -> None:
         # Load in the background: the server listens (liveness answers) while models load.
@@ -130,11 +152,9 @@ class Runtime:
         self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        grace_ends = time.monotonic() + self.settings.grace_period_s
-        try:
-            await asyncio.wait_for(self.plane.drained(), self.settings.grace_period_s)
-            logger.info("drained: every admitted request was answered")
-        except TimeoutError:
+        clock = self.clock
+        grace_ends = clock.time() + self.settings.grace_period_s
+        if not await self._until_drained(grace_ends):
             logger.warning("grace period over with %d request(s) unfinished", self.plane.inflight)
             error = Draining("the replica shut down before this request finished")
             for model in self.plane.models.values():
@@ -142,18 +162,40 @@ class Runtime:
             # the handlers answer on the next loop turns; then uvicorn closes the connections
             self.request_exit()
             return
+        logger.info("drained: every admitted request was answered")
         # Linger while clients still arrive (the gateway or kube-proxy has not seen us go):
         # each gets a 503 with x-shoal-draining instead of a connection reset. Exit once it has
         # been quiet for drain_quiet_s, or when the grace period ends.
         quiet = self.settings.drain_quiet_s
-        drained_at = time.monotonic()
+        drained_at = clock.time()
         while True:
-            now = time.monotonic()
             wake = min(max(self.plane.last_refused, drained_at) + quiet, grace_ends)
-            if now >= wake:
+            if clock.time() >= wake:
                 break
-            await asyncio.sleep(wake - now)
+            self.drain_wake = wake
+            await _sleep_until(clock, wake)
+        self.drain_wake = None
         self.request_exit()
+
+    async def _until_drained(self, deadline: float) -> bool:
+        """True once no admitted work is left; False if `deadline` (on the clock) came first."""
+        waiter = asyncio.ensure_future(self.plane.drained())
+
+        def give_up() -> None:
+            waiter.cancel()
+
+        timer = self.clock.call_at(deadline, give_up)
+        self.drain_wake = deadline
+        try:
+            await waiter
+            return True
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # we are being cancelled ourselves
+                raise
+            return False
+        finally:
+            timer.cancel()
 
     async def _shutdown(self) -> None:
         if self._load_task is not None and not self._load_task.done():
@@ -161,3 +203,17 @@ class Runtime:
         for model in self.plane.models.values():
             handle_mod.unregister_local(model.name)
             await model.aclose()
+
+
+async def _sleep_until(clock: Clock, when: float) -> None:
+    wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def ring() -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    timer = clock.call_at(when, ring)
+    try:
+        await wake
+    finally:
+        timer.cancel()

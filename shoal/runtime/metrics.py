@@ -54,8 +54,9 @@ _BATCH_LES = _les(_BATCH_BUCKETS)
 class RuntimeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        # (model, protocol, code) -> request duration histogram; its count is the request count
-        self._requests: dict[tuple[str, str, int], _Histogram] = {}
+        # (model, protocol, route, code) -> request duration histogram; its count is the
+        # request count. `route` is a template ("/v1/models/{model}:predict"), never a raw path.
+        self._requests: dict[tuple[str, str, str, int], _Histogram] = {}
         self._batches: dict[str, _Histogram] = {}
         self.registry.register(_Collector(self))
         self._queue = Gauge(
@@ -87,8 +88,10 @@ class RuntimeMetrics:
 
         return observe
 
-    def observe_request(self, model: str, protocol: str, code: int, seconds: float) -> None:
-        key = (model, protocol, code)
+    def observe_request(
+        self, model: str, protocol: str, route: str, code: int, seconds: float
+    ) -> None:
+        key = (model, protocol, route, code)
         hist = self._requests.get(key)
         if hist is None:
             hist = self._requests[key] = _Histogram(len(_LATENCY_BUCKETS))
@@ -107,10 +110,10 @@ class _Collector:
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["model", "protocol", "code"]
+        labels = ["model", "protocol", "route", "code"]
         requests = CounterMetricFamily(
             metric_names.REQUESTS_TOTAL,
-            "Requests answered, by model, protocol and HTTP status code.",
+            "Requests answered, by model, protocol, route template and HTTP status code.",
             labels=labels,
         )
         duration = HistogramMetricFamily(
@@ -118,8 +121,8 @@ class _Collector:
             "Time from request received to response sent, queue time included.",
             labels=labels,
         )
-        for (model, protocol, code), hist in self._metrics._requests.items():
-            values = [model, protocol, str(code)]
+        for (model, protocol, route, code), hist in self._metrics._requests.items():
+            values = [model, protocol, route, str(code)]
             requests.add_metric(values, float(sum(hist.counts)))
             duration.add_metric(values, hist.buckets(_LATENCY_LES), hist.total)
         batch = HistogramMetricFamily(

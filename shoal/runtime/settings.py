@@ -5,6 +5,7 @@ The operator starts pods as `shoal serve` with env only, so every setting has an
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from shoal.runtime.loading import (
 )
 
 DEFAULT_MAX_QUEUE_SIZE = 1024
+KUBERNETES_TERMINATION_LOG = "/dev/termination-log"
 
 
 @dataclass(frozen=True)
@@ -47,18 +49,40 @@ class ServeSettings:
     decorator's; when neither sets it, DEFAULT_MAX_QUEUE_SIZE."""
     request_timeout_s: float = 30.0
     """Deadline of a request without x-shoal-timeout-ms, queue time included (504 after)."""
+    max_timeout_ms: int = 600_000
+    """Largest x-shoal-timeout-ms a caller may ask for (SHOAL_MAX_TIMEOUT_MS); more is a 400."""
     grace_period_s: float = 25.0
     """After SIGTERM: time to finish queued and in-flight work before exiting anyway."""
     drain_quiet_s: float = 0.5
     """After draining, exit once no request has arrived for this long (SHOAL_DRAIN_QUIET_S)."""
     max_body_bytes: int = 16 << 20
     """Larger request bodies get 413 (SHOAL_MAX_BODY_BYTES)."""
+    max_header_bytes: int = 32 << 10
+    """A request line plus headers larger than this gets 431 and the connection is closed
+    (SHOAL_MAX_HEADER_BYTES)."""
+    max_header_count: int = 100
+    """A request with more header fields gets 431 and is closed (SHOAL_MAX_HEADER_COUNT)."""
+    head_timeout_s: float = 10.0
+    """A request's head must arrive within this long of its first byte, and a new connection
+    must send one within this long of opening: else 408 and close (SHOAL_HEAD_TIMEOUT_S)."""
+    body_timeout_s: float = 60.0
+    """A request's body must arrive within this long of its head: else 408 and close
+    (SHOAL_BODY_TIMEOUT_S)."""
+    keep_alive_timeout_s: float = 75.0
+    """An idle keep-alive connection is closed after this long (SHOAL_KEEP_ALIVE_TIMEOUT_S):
+    longer than the gateway's and typical clients' pool idle timeouts, so they close first."""
+    max_connections: int = 4096
+    """Open connections at most (SHOAL_MAX_CONNECTIONS), and never more than the file
+    descriptor limit allows (raised to its hard limit at start) less a reserve for the model:
+    a new connection over the cap closes an idle one, or gets 503 and is closed."""
     log_format: str = "text"
     """text or json (SHOAL_LOG_FORMAT)."""
     log_level: str = "INFO"
     """SHOAL_LOG_LEVEL."""
-    termination_log: str = "/dev/termination-log"
-    """Where a failed load writes its cause (Kubernetes' terminationMessagePath)."""
+    termination_log: str | None = None
+    """Where a failed load writes its cause (SHOAL_TERMINATION_LOG). Default: Kubernetes'
+    terminationMessagePath /dev/termination-log, only when running in a pod
+    (KUBERNETES_SERVICE_HOST is set); elsewhere none, the log line is enough."""
     app_dir: str | None = None
     """Directory put first on sys.path to import model modules (default: the current one)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +131,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--request-timeout-s", type=float)
     add("--grace-period-s", type=float)
     add("--max-body-bytes", type=int)
+    add("--max-timeout-ms", type=int)
+    add("--max-header-bytes", type=int)
+    add("--max-header-count", type=int)
+    add("--head-timeout-s", type=float)
+    add("--body-timeout-s", type=float)
+    add("--keep-alive-timeout-s", type=float)
+    add("--max-connections", type=int)
     add("--drain-quiet-s", type=float)
     add("--log-format", choices=["text", "json"])
     add("--log-level")
@@ -125,6 +156,13 @@ _ENV = {
     "request_timeout_s": ("SHOAL_REQUEST_TIMEOUT_S", float),
     "grace_period_s": ("SHOAL_GRACE_PERIOD_S", float),
     "max_body_bytes": ("SHOAL_MAX_BODY_BYTES", int),
+    "max_timeout_ms": ("SHOAL_MAX_TIMEOUT_MS", int),
+    "max_header_bytes": ("SHOAL_MAX_HEADER_BYTES", int),
+    "max_header_count": ("SHOAL_MAX_HEADER_COUNT", int),
+    "head_timeout_s": ("SHOAL_HEAD_TIMEOUT_S", float),
+    "body_timeout_s": ("SHOAL_BODY_TIMEOUT_S", float),
+    "keep_alive_timeout_s": ("SHOAL_KEEP_ALIVE_TIMEOUT_S", float),
+    "max_connections": ("SHOAL_MAX_CONNECTIONS", int),
     "drain_quiet_s": ("SHOAL_DRAIN_QUIET_S", float),
     "log_format": ("SHOAL_LOG_FORMAT", str),
     "log_level": ("SHOAL_LOG_LEVEL", str),
@@ -147,8 +185,39 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
                 values[key] = conv(env[var])
             except ValueError:
                 raise LoadError(f"{var}={env[var]!r} is not a valid {conv.__name__}") from None
+    values.setdefault("termination_log", default_termination_log(env))
+    _check_positive(values)
     values["models"] = _model_specs(args, env)
     return ServeSettings(**values)
+
+
+def default_termination_log(env: Mapping[str, str]) -> str | None:
+    """SHOAL_TERMINATION_LOG, else /dev/termination-log in a pod, else none: `shoal serve`
+    on a laptop (perhaps as root) must not write into /dev."""
+    if env.get("SHOAL_TERMINATION_LOG"):
+        return env["SHOAL_TERMINATION_LOG"]
+    return KUBERNETES_TERMINATION_LOG if env.get("KUBERNETES_SERVICE_HOST") else None
+
+
+# Limits and timeouts: zero or less would turn a limit off or refuse everything.
+_POSITIVE = (
+    "max_body_bytes",
+    "max_timeout_ms",
+    "max_header_bytes",
+    "max_header_count",
+    "head_timeout_s",
+    "body_timeout_s",
+    "keep_alive_timeout_s",
+    "max_connections",
+    "request_timeout_s",
+)
+
+
+def _check_positive(values: Mapping[str, Any]) -> None:
+    for key in _POSITIVE:
+        if key in values and not 0 < values[key] < math.inf:
+            flag = "--" + key.replace("_", "-")
+            raise LoadError(f"{flag} must be a positive number, got {values[key]}")
 
 
 def _model_specs(args: argparse.Namespace, env: Mapping[str, str]) -> list[ModelSpec]:

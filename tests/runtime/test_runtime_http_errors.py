@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -60,9 +60,12 @@ async def wait_for_metric(client: httpx.AsyncClient, line: str, within_s: float 
 
 
 @pytest.fixture
-async def client(server: ServeProcess) -> httpx.AsyncClient:
+async def client(server: ServeProcess) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
-        yield c  # type: ignore[misc]
+        yield c
+
+
+V2_ROW = {"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}
 
 
 def error_of(response: httpx.Response) -> str:
@@ -190,12 +193,63 @@ async def test_batch_output_length_mismatch_is_500_and_says_so(
     assert (await client.get("/v2/health/ready")).status_code == 200
 
 
-async def test_bad_timeout_header_is_400(client: httpx.AsyncClient) -> None:
-    r = await client.post(
-        "/v1/models/echo:predict", json={"instances": [1]}, headers={"x-shoal-timeout-ms": "soon"}
+@pytest.mark.parametrize(
+    "value", ["soon", "inf", "1e20", "nan", "-5", "1.5", "+50", "1_000", "600001", "5e3"]
+)
+async def test_timeout_header_takes_only_a_bounded_positive_integer(
+    client: httpx.AsyncClient, value: str
+) -> None:
+    # `inf` and `1e20` used to parse as floats and lift the deadline altogether
+    for path, body in (
+        ("/v1/models/echo:predict", {"instances": [1]}),
+        ("/v2/models/echo/infer", {"inputs": [V2_ROW]}),
+    ):
+        r = await client.post(path, json=body, headers={"x-shoal-timeout-ms": value})
+        assert r.status_code == 400, (value, r.text)
+        assert "x-shoal-timeout-ms must be an integer of milliseconds in 1..600000" in error_of(r)
+
+
+async def test_timeout_header_in_range_is_the_deadline(client: httpx.AsyncClient) -> None:
+    ok = await client.post(
+        "/v1/models/echo:predict", json={"instances": [1]}, headers={"x-shoal-timeout-ms": "600000"}
     )
-    assert r.status_code == 400
-    assert "x-shoal-timeout-ms" in error_of(r)
+    assert ok.status_code == 200
+    spent = await client.post(
+        "/v1/models/echo:predict", json={"instances": [1]}, headers={"x-shoal-timeout-ms": "0"}
+    )
+    assert spent.status_code == 504  # the caller's budget is already spent
+
+
+async def test_404_quotes_at_most_a_bounded_part_of_the_name(client: httpx.AsyncClient) -> None:
+    name = "n" * 20_000
+    for r in (
+        await client.post(f"/v1/models/{name}:predict", json={"instances": [1]}),
+        await client.get(f"/v2/models/{name}"),
+        await client.get(f"/{name}/custom"),
+    ):
+        assert r.status_code == 404
+        assert len(r.content) < 400, len(r.content)
+        assert "nnn... (200" in error_of(r)
+
+
+async def test_percent_encoded_utf8_names_are_decoded(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/models/caf%C3%A9:predict", json={"instances": [1]})
+    assert r.status_code == 404
+    assert "model 'café' not found" in error_of(r)
+
+
+async def test_metadata_requests_are_labelled_with_the_model(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v2/models/declared")).status_code == 200
+    assert (await client.get("/v2/models/declared/ready")).status_code == 200
+    assert (await client.get("/v1/models/declared")).status_code == 200
+    text = (await client.get("/metrics")).text
+    for route in ("/v2/models/{model}", "/v2/models/{model}/ready", "/v1/models/{model}"):
+        protocol = route[1:3]
+        assert (
+            f'shoal_requests_total{{code="200",model="declared",protocol="{protocol}",'
+            f'route="{route}"}}'
+        ) in text, text
+    assert 'code="200",model="unknown"' not in text
 
 
 async def test_request_id_is_echoed_or_generated(client: httpx.AsyncClient) -> None:
@@ -280,7 +334,8 @@ async def test_metrics_use_the_contract_names(client: httpx.AsyncClient) -> None
     await client.post("/v1/models/echo:predict", json={"instances": [1, 2, 3]})
     text = (await client.get("/metrics")).text
     for name in (
-        'shoal_requests_total{code="200",model="echo",protocol="v1"}',
+        'shoal_requests_total{code="200",model="echo",protocol="v1",'
+        'route="/v1/models/{model}:predict"}',
         'shoal_request_duration_seconds_bucket{code="200"',
         'shoal_batch_size_bucket{le="1.0",model="echo"}',
         'shoal_queue_depth{model="echo"}',
@@ -313,7 +368,9 @@ async def test_a_queued_request_whose_client_left_is_never_computed(
     seen = (gate_dir / "seen").read_text().split()
     assert seen == ["c-first", "c-after"]  # "c-left" was dropped from the queue
     await wait_for_metric(
-        client, 'shoal_requests_total{code="499",model="gatedb",protocol="v1"} 1.0'
+        client,
+        'shoal_requests_total{code="499",model="gatedb",protocol="v1",'
+        'route="/v1/models/{model}:predict"} 1.0',
     )
 
 

@@ -114,6 +114,10 @@ def test_several_named_models_with_targeted_config() -> None:
         (["m:A", "--config", "novalue"], {}, "key=value"),
         (["m:A"], {"SHOAL_MODEL_CONFIG": "[1]"}, "must be a JSON object"),
         (["m:A"], {"SHOAL_PORT": "http"}, "SHOAL_PORT='http' is not a valid int"),
+        (["m:A", "--max-header-bytes", "0"], {}, "--max-header-bytes must be a positive"),
+        (["m:A"], {"SHOAL_HEAD_TIMEOUT_S": "-1"}, "--head-timeout-s must be a positive"),
+        (["m:A"], {"SHOAL_BODY_TIMEOUT_S": "inf"}, "--body-timeout-s must be a positive"),
+        (["m:A"], {"SHOAL_MAX_CONNECTIONS": "0"}, "--max-connections must be a positive"),
     ],
 )
 def test_usage_errors_say_what_is_wrong(argv: list[str], env: dict[str, str], message: str) -> None:
@@ -164,3 +168,38 @@ def test_file_path_target_uri_kwarg_and_device(tmp_path: Path) -> None:
         instantiate(ModelSpec("m", f"{src}:Missing"), "cpu")
     with pytest.raises(LoadError, match="not found"):
         instantiate(ModelSpec("m", f"{tmp_path}/nope.py:X"), "cpu")
+
+
+def test_limits_have_safe_defaults_and_env_names() -> None:
+    s = parse(["m:A"])
+    assert (s.max_header_bytes, s.max_header_count) == (32 << 10, 100)
+    assert (s.head_timeout_s, s.body_timeout_s, s.keep_alive_timeout_s) == (10.0, 60.0, 75.0)
+    assert (s.max_connections, s.max_timeout_ms) == (4096, 600_000)
+    env = {
+        "SHOAL_MAX_HEADER_BYTES": "1024",
+        "SHOAL_MAX_HEADER_COUNT": "10",
+        "SHOAL_HEAD_TIMEOUT_S": "1.5",
+        "SHOAL_BODY_TIMEOUT_S": "2.5",
+        "SHOAL_KEEP_ALIVE_TIMEOUT_S": "3",
+        "SHOAL_MAX_CONNECTIONS": "7",
+        "SHOAL_MAX_TIMEOUT_MS": "1000",
+    }
+    s = parse(["m:A"], env)
+    assert (s.max_header_bytes, s.max_header_count, s.max_connections) == (1024, 10, 7)
+    assert (s.head_timeout_s, s.body_timeout_s, s.keep_alive_timeout_s) == (1.5, 2.5, 3.0)
+    assert s.max_timeout_ms == 1000
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, None),  # a laptop: never /dev/termination-log
+        ([], {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "/dev/termination-log"),  # in a pod
+        ([], {"SHOAL_TERMINATION_LOG": "/tmp/t"}, "/tmp/t"),  # asked for
+        (["--termination-log", "/tmp/f"], {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, "/tmp/f"),
+    ],
+)
+def test_the_termination_log_is_written_only_in_a_pod_or_when_asked(
+    argv: list[str], env: dict[str, str], expected: str | None
+) -> None:
+    assert parse(["m:A", *argv], env).termination_log == expected
