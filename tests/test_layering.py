@@ -22,10 +22,10 @@ def imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.level == 0:
+            if node.module == "shoal":  # `from shoal import logs` names the module it takes
+                out.update(f"shoal.{a.name}" for a in node.names)
+            elif node.level == 0:
                 out.add(node.module)
-            if node.module == "shoal" or node.level:
-                out.update(f"{node.module}.{a.name}" for a in node.names)
     return out
 
 
