@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import yaml
+
+from shoal.gateway.errors import Forbidden, GatewayError, Unauthorized
 
 ALL_MODELS = "*"
 
@@ -22,15 +23,9 @@ class TokenFileError(ValueError):
     """The token table is malformed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Denial:
-    status: int
-    message: str
-
-
-_MISSING = Denial(401, "missing bearer token: send 'Authorization: Bearer <token>'")
-_MALFORMED = Denial(401, "malformed Authorization header: expected 'Bearer <token>'")
-_UNKNOWN = Denial(401, "invalid bearer token")
+_MISSING = "missing bearer token: send 'Authorization: Bearer <token>'"
+_MALFORMED = "malformed Authorization header: expected 'Bearer <token>'"
+_UNKNOWN = "invalid bearer token"
 
 
 def parse_tokens(text: str) -> dict[str, frozenset[str]]:
@@ -83,21 +78,21 @@ class Authenticator:
                 found = allowed
         return found
 
-    def check(self, authorization: bytes | None, model: str | None) -> Denial | None:
-        """None when allowed. `model` None means a gateway endpoint (health, metrics, listing):
-        any valid token may see those."""
+    def check(self, authorization: bytes | None, model: str | None) -> GatewayError | None:
+        """None when allowed, else the refusal to raise (401 or 403). `model` None means a
+        gateway endpoint (health, metrics, listing): any valid token may see those."""
         if authorization is None:
-            return _MISSING
+            return Unauthorized(_MISSING)
         scheme, _, token = authorization.strip().partition(b" ")
         token = token.strip()
         if scheme.lower() != b"bearer" or not token:
-            return _MALFORMED
+            return Unauthorized(_MALFORMED)
         allowed = self._lookup(token)
         if allowed is None:
-            return _UNKNOWN
+            return Unauthorized(_UNKNOWN)
         if model is None or ALL_MODELS in allowed or model in allowed:
             return None
-        return Denial(403, f"this token may not call model {model!r}")
+        return Forbidden(f"this token may not call model {model!r}")
 
     def allows(self, authorization: bytes | None, model: str) -> bool:
         return self.check(authorization, model) is None

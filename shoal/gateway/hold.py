@@ -2,12 +2,16 @@
 
 A held request waits until the model's replica set changes, its deadline passes, or its client
 goes away. The queue is bounded: past the bound the caller answers 503 + Retry-After at once.
-The number held is the autoscaler's scale-from-zero signal (GATEWAY_HELD_REQUESTS)."""
+The number held is the autoscaler's scale-from-zero signal (GATEWAY_HELD_REQUESTS). Deadlines
+run on the injected Clock (tests advance a manual one)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
+
+from shoal.gateway.clock import Clock
 
 
 class HoldFull(Exception):
@@ -15,11 +19,12 @@ class HoldFull(Exception):
 
 
 class HoldQueue:
-    __slots__ = ("_waiters", "limit")
+    __slots__ = ("_clock", "_waiters", "limit")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, clock: Clock) -> None:
         self.limit = limit
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._clock = clock
+        self._waiters: deque[asyncio.Future[bool]] = deque()
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -31,25 +36,27 @@ class HoldQueue:
             raise HoldFull
         if timeout_s <= 0:
             return False
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        timer = self._clock.call_at(self._clock.time() + timeout_s, lambda: _expire(fut))
+        released = False
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            return False
+            released = await fut
         finally:
-            # Released futures are gone already; a timed-out or cancelled one is still queued.
-            if not fut.done():
-                fut.cancel()
-                self._waiters.remove(fut)
-        return True
+            timer.cancel()
+            if not released:
+                # Released futures were popped by release(); a timed-out or cancelled one is
+                # still queued.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+        return released
 
     def release_one(self) -> bool:
         """Wake the oldest held request (a replica finished one: there may be room now)."""
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
                 return True
         return False
 
@@ -59,6 +66,11 @@ class HoldQueue:
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
                 n += 1
         return n
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)

@@ -1,6 +1,11 @@
 """Just enough of the Kubernetes API for the gateway: credentials (in-cluster service account or a
-kubeconfig) and a list-then-watch loop over plain httpx. The data plane never imports a
-Kubernetes client library (DESIGN.md: only the operator talks to the API with one)."""
+kubeconfig) and a list-then-watch loop over plain httpx.
+
+In a pod the gateway needs no Kubernetes client library. Outside (`--kubeconfig` from a laptop),
+kubeconfigs often authenticate through `exec` plugins or auth providers (EKS, GKE, AKS): where
+`kubernetes_asyncio` is installed (the `operator` extra) its loader reads the kubeconfig and
+runs the plugin, and the token is refreshed on reconnects; without it, a kubeconfig that needs
+a plugin is refused with a message saying so. Only static credentials are parsed here."""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,30 @@ class KubeConfigError(ValueError):
     """Credentials could not be found or read."""
 
 
+class PluginToken:
+    """The token an exec plugin or auth provider gives, run again at most every `max_age_s`
+    (on the watch's reconnects), so expiring cloud tokens are renewed."""
+
+    def __init__(
+        self,
+        load: Callable[[], Awaitable[str | None]],
+        first: str | None,
+        max_age_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load = load
+        self._value = first
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._at = clock()
+
+    async def authorization(self) -> str | None:
+        if self._clock() - self._at > self._max_age_s:
+            self._value = await self._load()
+            self._at = self._clock()
+        return self._value
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     server: str
@@ -38,11 +68,16 @@ class ApiConfig:
     token: str | None = None
     token_file: str | None = None
     """Re-read on every (re)connect: projected service-account tokens rotate."""
+    plugin: PluginToken | None = None
+    """An exec plugin or auth provider supplies the `Authorization` value."""
 
-    def headers(self) -> dict[str, str]:
+    async def headers(self) -> dict[str, str]:
+        if self.plugin is not None:
+            value = await self.plugin.authorization()
+            return {"Authorization": value} if value else {}
         token = self.token
         if self.token_file is not None:
-            token = Path(self.token_file).read_text().strip()
+            token = (await asyncio.to_thread(Path(self.token_file).read_text)).strip()
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def client(self) -> httpx.AsyncClient:
@@ -54,12 +89,16 @@ class ApiConfig:
         )
 
 
-def load_config(kubeconfig: str | None, namespace: str | None) -> ApiConfig:
+async def load_config(kubeconfig: str | None, namespace: str | None) -> ApiConfig:
+    """Credentials for the API server; raises KubeConfigError with a message naming the cause."""
     if kubeconfig is None:
         kubeconfig = os.environ.get("KUBECONFIG") if not _in_cluster() else None
     if kubeconfig is None:
         return _in_cluster_config(namespace)
-    return _kubeconfig(Path(kubeconfig), namespace)
+    config = _kubeconfig(Path(kubeconfig), namespace)
+    if isinstance(config, ApiConfig):
+        return config
+    return await _library_kubeconfig(Path(kubeconfig), *config)
 
 
 def _in_cluster() -> bool:
@@ -93,15 +132,21 @@ def _named(items: Any, name: str, kind: str) -> JsonObj:
     raise KubeConfigError(f"kubeconfig has no {kind} named {name!r}")
 
 
-def _kubeconfig(path: Path, namespace: str | None) -> ApiConfig:
+def _kubeconfig(path: Path, namespace: str | None) -> ApiConfig | tuple[str, str]:
+    """Static credentials parsed here; (namespace, user name) when the user entry needs a
+    plugin (exec or auth-provider), for the library loader."""
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise KubeConfigError(f"cannot read kubeconfig {path}: {exc}") from exc
+    if not isinstance(doc, Mapping):
+        raise KubeConfigError(f"kubeconfig {path} is not a kubeconfig (no mapping at the top)")
     base = path.parent
     context = _named(doc.get("contexts"), doc.get("current-context", ""), "context")
     cluster = _named(doc.get("clusters"), context.get("cluster", ""), "cluster")
     user = _named(doc.get("users"), context.get("user", ""), "user") if context.get("user") else {}
+    if "exec" in user or "auth-provider" in user:
+        return namespace or context.get("namespace") or "default", str(context.get("user"))
     server = cluster.get("server")
     if not server:
         raise KubeConfigError(f"kubeconfig {path}: cluster has no server")
@@ -116,6 +161,48 @@ def _kubeconfig(path: Path, namespace: str | None) -> ApiConfig:
         namespace=namespace or context.get("namespace") or "default",
         token=token,
         token_file=str(base / token_file) if token_file else None,
+    )
+
+
+async def _library_kubeconfig(path: Path, namespace: str, user: str) -> ApiConfig:
+    try:
+        from kubernetes_asyncio.client import Configuration
+        from kubernetes_asyncio.config import ConfigException, kube_config
+    except ImportError:
+        raise KubeConfigError(
+            f"kubeconfig {path}: user {user!r} authenticates through an exec plugin or an "
+            "auth provider, which the gateway runs only with kubernetes_asyncio installed "
+            "(pip install 'shoal[operator]'); or give it a token or client certificate"
+        ) from None
+    cfg = Configuration()
+    try:
+        loader = await kube_config.load_kube_config(
+            config_file=str(path), client_configuration=cfg, persist_config=False
+        )
+    except (ConfigException, OSError, ValueError) as exc:
+        raise KubeConfigError(f"kubeconfig {path}: {exc}") from exc
+
+    async def refresh() -> str | None:
+        try:
+            await loader.load_and_set(cfg)
+        except (ConfigException, OSError, ValueError) as exc:
+            raise KubeConfigError(f"kubeconfig {path}: {exc}") from exc
+        value = cfg.api_key.get("BearerToken")
+        return str(value) if value else None
+
+    ctx: ssl.SSLContext | None = None
+    if str(cfg.host).startswith("https://"):
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else None
+        ctx = ctx or ssl.create_default_context()
+        if not cfg.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if cfg.cert_file and cfg.key_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    first = cfg.api_key.get("BearerToken")
+    plugin = PluginToken(refresh, str(first) if first else None)
+    return ApiConfig(
+        server=str(cfg.host).rstrip("/"), ssl_context=ctx, namespace=namespace, plugin=plugin
     )
 
 
@@ -164,7 +251,8 @@ async def list_watch(
     async with config.client() as client:
         while True:
             try:
-                resp = await client.get(path, params=dict(params), headers=config.headers())
+                headers = await config.headers()
+                resp = await client.get(path, params=dict(params), headers=headers)
                 resp.raise_for_status()
                 listing = orjson.loads(resp.content)
                 rv = listing["metadata"]["resourceVersion"]
@@ -199,7 +287,7 @@ async def _watch_once(
     }
     timeout = httpx.Timeout(10.0, read=330.0)
     async with client.stream(
-        "GET", path, params=watch_params, headers=config.headers(), timeout=timeout
+        "GET", path, params=watch_params, headers=await config.headers(), timeout=timeout
     ) as resp:
         if resp.status_code == 410:
             raise _Gone

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from shoal import metric_names as names
+import shoal.metric_names as names
 from shoal.gateway.registry import Registry
 
 LATENCY_BUCKETS = names.LATENCY_BUCKETS

@@ -7,10 +7,11 @@ Replica lists are replaced, never mutated, so a request that is choosing sees on
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from shoal.gateway.budget import RetryBudget
+from shoal.gateway.clock import Clock
 from shoal.gateway.hold import HoldQueue
 from shoal.gateway.settings import GatewaySettings
 from shoal.gateway.upstream import UpstreamPool
@@ -72,7 +73,7 @@ class Model:
 
 
 class Registry:
-    def __init__(self, settings: GatewaySettings, clock: Callable[[], float]) -> None:
+    def __init__(self, settings: GatewaySettings, clock: Clock) -> None:
         self._settings = settings
         self._clock = clock
         self.models: dict[str, Model] = {}
@@ -92,8 +93,10 @@ class Registry:
             r = self._settings.retry
             model = Model(
                 name,
-                HoldQueue(self._settings.max_held_per_model),
-                RetryBudget(r.budget_ratio, r.budget_min_per_s, r.budget_max_tokens, self._clock),
+                HoldQueue(self._settings.max_held_per_model, self._clock),
+                RetryBudget(
+                    r.budget_ratio, r.budget_min_per_s, r.budget_max_tokens, self._clock.time
+                ),
             )
             self.models[name] = model
             log.info("model %s discovered", name)

@@ -83,6 +83,16 @@ class HttpSettings:
     """An idle client connection is closed after this long."""
     max_pipelined: int = 16
     """Pipelined requests queued on one connection before the gateway stops reading from it."""
+    max_connections: int = 10_000
+    """Client connections at once (also kept `fd_reserve` below the open-file limit). At the
+    cap a newcomer closes the longest idle connection, or is answered 503 + Retry-After."""
+    fd_reserve: int = 256
+    """File descriptors left free for upstream connections, discovery and logs."""
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    """Request body bytes all connections together may hold; past it 503 + Retry-After."""
+    linger_s: float = 2.0
+    """After an error answered with `connection: close`, what the client still sends is read
+    and dropped this long (so it sees the answer, not a reset)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +111,13 @@ class GatewaySettings:
     retry_after_s: int = 1
     tokens_file: str | None = None
     auth_health: bool = False
-    """Require a token for /v2/health/* and /metrics too."""
+    """Require a token for /v2/health/* too (with tokens, /metrics always needs one on the
+    main port)."""
+    metrics_port: int | None = None
+    """Also serve /metrics (and health) without a token on this port, for the scraper only
+    (0: any free port; None: no such listener)."""
+    metrics_host: str | None = None
+    """Address of the metrics listener (None: the same as `host`)."""
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     retry: RetrySettings = field(default_factory=RetrySettings)
     http: HttpSettings = field(default_factory=HttpSettings)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import errno
 import logging
 from collections import deque
 from typing import cast
@@ -57,12 +59,43 @@ class ConnectError(UpstreamError):
     """No connection could be made: the request never left the gateway (safe to retry)."""
 
 
+class DescriptorsExhausted(ConnectError):
+    """The gateway itself is out of file descriptors (EMFILE/ENFILE): its own overload, not the
+    replica's fault (never ejects it)."""
+
+
 class ResetBeforeResponse(UpstreamError):
     """The connection closed after the request was sent but before any response byte."""
 
 
 class BrokenResponse(UpstreamError):
     """The response broke off or was malformed after it had started (not retryable)."""
+
+
+class ConnectionState(enum.Enum):
+    """The life of one upstream connection (httpcore's ConnectionState, for one request at a
+    time). IDLE -> SENT -> RECEIVING -> HEAD -> COMPLETE -> (finish) IDLE, or CLOSED anywhere."""
+
+    IDLE = "idle"
+    """Open, no request (in the pool, or just connected)."""
+    SENT = "sent"
+    """A request was written; no response byte yet (a close now is a reset before response)."""
+    RECEIVING = "receiving"
+    """Part of the response head has arrived."""
+    HEAD = "head"
+    """The response head is parsed; its body is arriving."""
+    COMPLETE = "complete"
+    """The whole response is in; the gateway has not handed the connection back yet."""
+    CLOSED = "closed"
+
+
+_IDLE = ConnectionState.IDLE
+_SENT = ConnectionState.SENT
+_RECEIVING = ConnectionState.RECEIVING
+_HEAD = ConnectionState.HEAD
+_COMPLETE = ConnectionState.COMPLETE
+_CLOSED = ConnectionState.CLOSED
+_AWAITING_HEAD = (_SENT, _RECEIVING)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -72,11 +105,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.closed = False
-        self.counted = False
+        self.state = _IDLE
+        self.holds_slot = False
+        """Counted in the pool's `total` (released once, when the connection closes)."""
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self.head_only = False
+        """The request was HEAD: its response has no body, whatever its headers say."""
         self._reset()
 
     def _reset(self) -> None:
@@ -90,30 +126,35 @@ class UpstreamConnection(asyncio.Protocol):
         self.event_stream = False
         """A streaming media type (SSE, NDJSON): forward the head at once, before any event."""
         self.keep_alive = True
-        self.head_done = False
-        self.complete = False
         self.error: UpstreamError | None = None
-        self.got_bytes = False
-        self.in_flight = False
-        self.head_request = False
         self._chunks: list[bytes] = []
         self._buffered = 0
 
+    @property
+    def closed(self) -> bool:
+        return self.state is _CLOSED
+
+    @property
+    def complete(self) -> bool:
+        return self.state is _COMPLETE
+
     # -- used by the gateway ------------------------------------------------------------------
 
-    def send(self, data: bytes, head_request: bool = False) -> None:
+    def send(self, data: bytes, head_only: bool = False) -> None:
         """Write a complete request; then `await wait_head()`."""
         self._reset()
-        self.in_flight = True
-        self.head_request = head_request
+        self.state = _SENT
+        self.head_only = head_only
         assert self.transport is not None
         self.transport.write(data)
 
     async def wait_head(self) -> None:
-        while not self.head_done:
+        while self.state in _AWAITING_HEAD:
             if self.error is not None:
                 raise self.error
             await self._wait()
+        if self.state is _CLOSED and self.error is not None:
+            raise self.error
 
     def take_body(self) -> bytes:
         """The whole body, once `complete`."""
@@ -133,7 +174,7 @@ class UpstreamConnection(asyncio.Protocol):
                     self._reading_paused = False
                     self.transport.resume_reading()
                 return data
-            if self.complete:
+            if self.state is _COMPLETE:
                 return None
             if self.error is not None:
                 raise self.error
@@ -141,17 +182,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def finish(self) -> None:
         """Return the connection to its pool (reused when the response allows it)."""
-        self.in_flight = False
-        self.pool.release(self, self.complete and self.keep_alive and not self.head_request)
+        reuse = self.state is _COMPLETE and self.keep_alive and not self.head_only
+        if self.state is not _CLOSED:
+            self.state = _IDLE
+        self.pool.release(self, reuse)
 
     def abort(self) -> None:
         """Drop the connection: its response was abandoned midway."""
-        self.in_flight = False
         self.close()
         self.pool.release(self, False)
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self.state is not _CLOSED:
             self.transport.close()
 
     async def _wait(self) -> None:
@@ -171,14 +213,16 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCP transports are not asyncio.Transport subclasses: no isinstance check.
         self.transport = cast(asyncio.Transport, transport)
-        self.counted = True
+        self.holds_slot = True
 
     def data_received(self, data: bytes) -> None:
-        if not self.in_flight:
+        state = self.state
+        if state is _SENT:
+            self.state = _RECEIVING
+        elif state is _IDLE or state is _COMPLETE:
             # Bytes nobody asked for: the connection is out of sync; never reuse it.
             self.close()
             return
-        self.got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -191,16 +235,18 @@ class UpstreamConnection(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.in_flight and not self.complete and self.error is None:
-            if self.head_done and self.content_length is None and not self.chunked:
-                # A close-delimited body ends with the connection.
-                self.complete = True
-                self.keep_alive = False
-            elif self.got_bytes:
+        state = self.state
+        if self.error is None:
+            if state is _HEAD and self.content_length is None and not self.chunked:
+                state = self.state = _COMPLETE  # a close-delimited body ends with the connection
+            elif state is _RECEIVING or state is _HEAD:
                 self.error = BrokenResponse("replica closed the connection mid-response")
-            else:
+            elif state is _SENT:
                 self.error = ResetBeforeResponse("replica closed the connection before answering")
+        if state is _COMPLETE:
+            self.keep_alive = False  # the response stands; the connection is not reused
+        else:
+            self.state = _CLOSED
         self._wake()
         self.pool.forget(self)
 
@@ -228,15 +274,15 @@ class UpstreamConnection(asyncio.Protocol):
             return  # interim response; its own message_complete resets below
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
-        self.head_done = True
-        if self.head_request:
+        self.state = _HEAD
+        if self.head_only:
             # llhttp cannot be told that a HEAD response has no body: finish here and never
-            # reuse this connection (finish() checks head_request).
-            self.complete = True
+            # reuse this connection (finish() checks head_only).
+            self.state = _COMPLETE
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self.head_request:
+        if self.head_only:
             return
         self._chunks.append(body)
         self._buffered += len(body)
@@ -247,13 +293,14 @@ class UpstreamConnection(asyncio.Protocol):
             self._wake()
 
     def on_message_complete(self) -> None:
-        if not self.head_done:
-            # The end of a 1xx interim response: wait for the real one.
-            self.header_block = bytearray()
-            self.content_length = None
-            self.chunked = False
+        if self.state is not _HEAD:
+            if self.state is _RECEIVING:
+                # The end of a 1xx interim response: wait for the real one.
+                self.header_block = bytearray()
+                self.content_length = None
+                self.chunked = False
             return
-        self.complete = True
+        self.state = _COMPLETE
         self._wake()
 
 
@@ -284,7 +331,7 @@ class UpstreamPool:
                 oldest_ok = asyncio.get_running_loop().time() - self.settings.idle_timeout_s
                 while idle:
                     conn = idle.pop()
-                    if conn.closed:
+                    if conn.state is _CLOSED:
                         continue
                     if conn.idle_since < oldest_ok:
                         conn.close()
@@ -328,6 +375,10 @@ class UpstreamPool:
         except (OSError, TimeoutError) as exc:
             self.total -= 1
             self._wake_one(None)
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise DescriptorsExhausted(
+                    f"the gateway is out of file descriptors ({exc.strerror})"
+                ) from exc
             raise ConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         except BaseException:
             self.total -= 1
@@ -347,8 +398,8 @@ class UpstreamPool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Called when a connection has closed: frees its slot."""
-        if conn.counted:
-            conn.counted = False
+        if conn.holds_slot:
+            conn.holds_slot = False
             self.total -= 1
             with contextlib.suppress(ValueError):
                 self._idle.remove(conn)

@@ -34,7 +34,22 @@ def json_body(status: int, message: str, **extra: object) -> bytes:
 
 
 class Request:
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "received_at")
+    """One request. Built when its head is in (admission sees it without a body); `body` is
+    set once the whole message has arrived."""
+
+    __slots__ = (
+        "admitted",
+        "body",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "peer",
+        "query",
+        "received_at",
+        "request_id",
+        "reserved",
+    )
 
     def __init__(
         self,
@@ -42,15 +57,23 @@ class Request:
         path: str,
         query: bytes,
         headers: list[tuple[bytes, bytes]],
-        body: bytes,
         keep_alive: bool,
         received_at: float,
+        peer: str,
     ) -> None:
         self.method = method
         self.path = path
         self.query = query
         self.headers = headers
-        """Names lower-cased, in arrival order."""
-        self.body = body
+        """Names lower-cased, in arrival order; trailers are never added."""
+        self.body = b""
         self.keep_alive = keep_alive
         self.received_at = received_at
+        self.peer = peer
+        """The client's address as the gateway's socket sees it (not a forwarded header)."""
+        self.request_id: bytes | None = None
+        """Set by admission for model requests (the client's, when usable, or the gateway's)."""
+        self.admitted: object = None
+        """What admission worked out on the head, for the request path (route, model, ...)."""
+        self.reserved = 0
+        """Body bytes counted against the gateway's total buffer cap for this request."""

@@ -15,7 +15,9 @@ import pytest
 import uvicorn
 
 from shoal.gateway.app import GatewayApp
+from shoal.gateway.clock import Clock
 from shoal.gateway.settings import GatewaySettings, StaticUpstream
+from tests.gateway.manual_clock import ManualClock
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -55,6 +57,8 @@ class FakeReplica:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     prediction: object = None
+    big_body: int = 0
+    """When > 0, answer with a body of this many bytes (a large response)."""
     """When set, answer like a KServe V1 model: {"predictions": [prediction]}."""
     port: int = 0
     server: uvicorn.Server | None = None
@@ -109,6 +113,9 @@ class FakeReplica:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
             return
+        if self.big_body:
+            await _send_json(send, 200, "x" * self.big_body, [])
+            return
         if self.prediction is not None:
             await _send_json(send, 200, {"predictions": [self.prediction]}, [])
             return
@@ -156,8 +163,12 @@ async def _send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+ReplicaFactory = Callable[[str], Awaitable[FakeReplica]]
+"""`await replicas("name")` starts a FakeReplica on a loopback port."""
+
+
 @pytest.fixture
-async def replicas() -> AsyncIterator[Callable[[str], Awaitable[FakeReplica]]]:
+async def replicas() -> AsyncIterator[ReplicaFactory]:
     started: list[FakeReplica] = []
 
     async def make(ident: str) -> FakeReplica:
@@ -171,6 +182,12 @@ async def replicas() -> AsyncIterator[Callable[[str], Awaitable[FakeReplica]]]:
         await rep.stop()
 
 
+@pytest.fixture
+def clock() -> ManualClock:
+    """A manual clock to pass as `gateway(..., clock=clock)`: timers fire on `advance`."""
+    return ManualClock()
+
+
 @dataclass
 class RunningGateway:
     app: GatewayApp
@@ -181,19 +198,23 @@ class RunningGateway:
         return f"http://127.0.0.1:{self.app.port}"
 
 
+GatewayFactory = Callable[..., Awaitable[RunningGateway]]
+"""`await gateway({"m": [url, ...]}, clock=..., **settings)` starts a gateway on loopback."""
+
+
 @pytest.fixture
-async def gateway() -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
-    """`await gateway(upstreams={"m": [url, ...]}, **settings)` starts a gateway on loopback."""
+async def gateway() -> AsyncIterator[GatewayFactory]:
     running: list[RunningGateway] = []
 
     async def make(
         upstreams: dict[str, list[str]] | None = None,
         seed: int = 7,
+        clock: Clock | None = None,
         **overrides: Any,
     ) -> RunningGateway:
         static = tuple(StaticUpstream(m, tuple(u)) for m, u in (upstreams or {}).items())
         settings = replace(GatewaySettings(host="127.0.0.1", port=0, static=static), **overrides)
-        app = GatewayApp(settings, rng=random.Random(seed))
+        app = GatewayApp(settings, clock=clock, rng=random.Random(seed))
         await app.start()
         client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.port}", timeout=10.0)
         gw = RunningGateway(app, client)

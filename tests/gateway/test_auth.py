@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.gateway.conftest import GatewayFactory, ReplicaFactory
+
 
 @pytest.fixture
 def tokens_file(tmp_path: Path) -> str:
@@ -15,7 +17,9 @@ def tokens_file(tmp_path: Path) -> str:
     return str(path)
 
 
-async def test_tokens_gate_model_requests(replicas, gateway, tokens_file: str) -> None:
+async def test_tokens_gate_model_requests(
+    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str
+) -> None:
     iris = await replicas("iris")
     adder = await replicas("adder")
     gw = await gateway({"iris": [iris.url], "adder": [adder.url]}, tokens_file=tokens_file)
@@ -47,12 +51,17 @@ async def test_tokens_gate_model_requests(replicas, gateway, tokens_file: str) -
     assert resp.json() == {"models": ["iris"]}
     resp = await gw.client.post("/v1/models/nope:predict")
     assert resp.status_code == 401, "no listing of models to strangers"
-    # Health and metrics stay open by default.
+    # Health stays open by default (kubelet probes); metrics list models and replica
+    # addresses, so they need a token (or the scraper-only metrics port).
     assert (await gw.client.get("/v2/health/ready")).status_code == 200
-    assert (await gw.client.get("/metrics")).status_code == 200
+    assert (await gw.client.get("/metrics")).status_code == 401
+    resp = await gw.client.get("/metrics", headers={"authorization": "Bearer iris-token-1"})
+    assert resp.status_code == 200
 
 
-async def test_auth_health_protects_health_and_metrics(gateway, tokens_file: str) -> None:
+async def test_auth_health_protects_health_and_metrics(
+    gateway: GatewayFactory, tokens_file: str
+) -> None:
     gw = await gateway({"iris": []}, tokens_file=tokens_file, auth_health=True)
     for path in ("/v2/health/live", "/v2/health/ready", "/metrics"):
         assert (await gw.client.get(path)).status_code == 401, path

@@ -9,7 +9,14 @@ import orjson
 import pytest
 
 from shoal.gateway.settings import HttpSettings
-from tests.gateway.conftest import FakeReplica, RunningGateway
+from tests.gateway.conftest import (
+    FakeReplica,
+    GatewayFactory,
+    ReplicaFactory,
+    RunningGateway,
+    wait_until,
+)
+from tests.gateway.manual_clock import ManualClock
 
 LIMITS = HttpSettings(
     max_body_bytes=1024,
@@ -35,9 +42,11 @@ async def raw_exchange(port: int, data: bytes, timeout_s: float = 5.0) -> tuple[
 
 
 @pytest.fixture
-async def env(replicas, gateway) -> tuple[RunningGateway, FakeReplica]:
+async def env(
+    replicas: ReplicaFactory, gateway: GatewayFactory, clock: ManualClock
+) -> tuple[RunningGateway, FakeReplica]:
     rep = await replicas("a")
-    gw = await gateway({"m": [rep.url]}, http=LIMITS)
+    gw = await gateway({"m": [rep.url]}, http=LIMITS, clock=clock)
     return gw, rep
 
 
@@ -160,14 +169,19 @@ async def test_bad_input_gets_a_clear_4xx_and_others_are_undisturbed(
 
 
 async def test_slow_client_gets_408_and_others_are_served_meanwhile(
-    env: tuple[RunningGateway, FakeReplica],
+    env: tuple[RunningGateway, FakeReplica], clock: ManualClock
 ) -> None:
     gw, _ = env
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.app.port)
     writer.write(b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nab")
     await writer.drain()
+    read_deadline = clock.now + LIMITS.request_read_timeout_s
+    await wait_until(lambda: read_deadline in clock.timers(), what="the read timer armed")
     for _ in range(5):
         assert (await gw.client.post("/v1/models/m:predict")).status_code == 200
+    clock.advance(LIMITS.request_read_timeout_s - 0.001)
+    assert not reader.at_eof()
+    clock.advance(0.001)
     raw = await asyncio.wait_for(reader.read(-1), 5.0)
     writer.close()
     assert raw.startswith(b"HTTP/1.1 408 ")
@@ -240,19 +254,28 @@ async def test_h2c_upgrade_is_ignored_and_answered_in_http11(
     assert "with a body" in orjson.loads(body)["error"]
 
 
-async def test_idle_keepalive_connections_are_closed_busy_ones_are_not(replicas, gateway) -> None:
+async def test_idle_keepalive_connections_are_closed_busy_ones_are_not(
+    replicas: ReplicaFactory, gateway: GatewayFactory, clock: ManualClock
+) -> None:
     rep = await replicas("a")
-    gw = await gateway({"m": [rep.url]}, http=HttpSettings(keepalive_timeout_s=0.3))
+    gw = await gateway({"m": [rep.url]}, http=HttpSettings(keepalive_timeout_s=0.3), clock=clock)
     # Busy: a request that outlives the idle timeout still gets its answer.
     rep.mode = "slow"
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.app.port)
     writer.write(b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
     await writer.drain()
-    await asyncio.sleep(0.6)  # longer than the idle timeout, on purpose: nothing may close
+    await wait_until(lambda: len(rep.seen) == 1, what="request at the replica")
+    clock.advance(10.0)  # far past the idle timeout: a busy connection stays
     rep.gate.set()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 200 ")
+    (conn,) = gw.app.server.connections
+    await wait_until(lambda: conn.evictable, what="the response finished")
+    clock.advance(0.299)
+    assert conn.transport is not None
+    assert not conn.transport.is_closing(), "idle for less than the timeout"
     # Idle afterwards: the gateway closes the connection.
+    clock.advance(0.001)
     rest = await asyncio.wait_for(reader.read(-1), 5)
     assert rest.endswith(b"}"), "the body arrived, then the connection closed"
     writer.close()

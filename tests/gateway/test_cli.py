@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from shoal.runtime.testing import shoal_command
-from tests.gateway.conftest import wait_until
+from tests.gateway.conftest import ReplicaFactory, wait_until
 
 
 def _spawn(args: list[str], log_file: Path) -> subprocess.Popen[bytes]:
@@ -21,7 +23,9 @@ def _spawn(args: list[str], log_file: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def test_gateway_process_routes_holds_and_stops_on_sigterm(replicas, tmp_path: Path) -> None:
+async def test_gateway_process_routes_holds_and_stops_on_sigterm(
+    replicas: ReplicaFactory, tmp_path: Path
+) -> None:
     rep = await replicas("a")
     port_file = tmp_path / "port"
     log_file = tmp_path / "log"
@@ -66,20 +70,48 @@ async def test_gateway_process_routes_holds_and_stops_on_sigterm(replicas, tmp_p
             proc.wait()
 
 
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
 @pytest.mark.parametrize(
-    ("flag", "message"),
+    ("args", "message"),
     [
-        ("no-url-here", "expected NAME=http://host:port"),
-        ("m=ftp://host:1", "only http:// replicas"),
-        ("m=http://host:1/path", "only scheme, host and port"),
+        (["--upstream", "no-url-here"], "expected NAME=http://host:port"),
+        (["--upstream", "m=ftp://host:1"], "only http:// replicas"),
+        (["--upstream", "m=http://host:1/path"], "only scheme, host and port"),
+        (["--tokens-file", "{bad}"], "token table is not valid YAML/JSON"),
+        (["--tokens-file", "{short}"], "at least 8 characters"),
+        (["--tokens-file", "/nonexistent/tokens.yaml"], "No such file or directory"),
+        (["--kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"], "cannot read kubeconfig"),
+        (["--port", "{taken}"], "cannot listen on 127.0.0.1:{taken}: Address already in use"),
+        (["--port", "eighty"], "argument --port: invalid int value"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
 )
-def test_bad_upstream_flag_is_a_clear_error(flag: str, message: str) -> None:
+def test_bad_flags_files_and_ports_are_one_line_and_exit_2(
+    args: list[str], message: str, tmp_path: Path, taken_port: int
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tokens: [unclosed")
+    short = tmp_path / "short.yaml"
+    short.write_text("abc: '*'")
+    fill = {"bad": str(bad), "short": str(short), "taken": str(taken_port)}
+    argv = [a.format(**fill) for a in args]
     result = subprocess.run(
-        [*shoal_command(), "gateway", "--upstream", flag],
+        [*shoal_command(), "gateway", "--host", "127.0.0.1", "--port", "0", *argv],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode != 0
-    assert message in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert message.format(**fill) in result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [
+        line for line in result.stderr.splitlines() if "error" in line or "shoal gateway:" in line
+    ]
+    assert len(errors) == 1, result.stderr

@@ -13,7 +13,9 @@ import pytest
 from shoal import metric_names
 from shoal.gateway.registry import Endpoint
 from shoal.runtime.testing import ServeProcess
-from tests.gateway.conftest import wait_until
+from tests.gateway.conftest import GatewayFactory, ReplicaFactory, wait_until
+
+Serve = Callable[..., Awaitable[ServeProcess]]
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -21,7 +23,7 @@ ROW = [5.1, 3.5, 1.4, 0.2]  # a setosa
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[ServeProcess]]]:
+async def serve() -> AsyncIterator[Serve]:
     procs: list[ServeProcess] = []
 
     async def start(*args: str, env: dict[str, str] | None = None) -> ServeProcess:
@@ -41,7 +43,9 @@ def _endpoint(url: str) -> Endpoint:
     return Endpoint(parts.hostname, parts.port)
 
 
-async def test_iris_ensemble_calls_its_members_through_the_gateway(serve, gateway) -> None:
+async def test_iris_ensemble_calls_its_members_through_the_gateway(
+    serve: Serve, gateway: GatewayFactory
+) -> None:
     logistic, forest = await asyncio.gather(
         serve("iris-logistic=examples.iris:LogisticIris"),
         serve("iris-forest=examples.iris:ForestIris"),
@@ -60,7 +64,9 @@ async def test_iris_ensemble_calls_its_members_through_the_gateway(serve, gatewa
         assert line in metrics, model
 
 
-async def test_ensemble_fans_out_in_parallel_within_the_deadline(serve, replicas, gateway) -> None:
+async def test_ensemble_fans_out_in_parallel_within_the_deadline(
+    serve: Serve, replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     a, b = await replicas("slow-a"), await replicas("slow-b")
     for rep in (a, b):
         rep.mode = "slow"

@@ -17,7 +17,7 @@ from shoal.gateway.app import GatewayApp
 from shoal.gateway.discovery.kubernetes import KubernetesDiscovery, slice_endpoints
 from shoal.gateway.registry import Endpoint
 from shoal.gateway.settings import GatewaySettings, KubernetesSettings, StaticUpstream
-from tests.gateway.conftest import wait_until
+from tests.gateway.conftest import ReplicaFactory, wait_until
 
 
 def _slice(
@@ -236,7 +236,7 @@ def _secret(tokens: str) -> dict[str, Any]:
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 async def test_tokens_follow_a_kubernetes_secret(
-    k8s_cluster: Cluster, k8s_namespace: str, replicas
+    k8s_cluster: Cluster, k8s_namespace: str, replicas: ReplicaFactory
 ) -> None:
     ns = k8s_namespace
     rep = await replicas("a")

@@ -10,7 +10,8 @@ from collections import Counter
 import orjson
 
 from shoal import metric_names
-from tests.gateway.conftest import wait_until
+from tests.gateway.conftest import GatewayFactory, ReplicaFactory, wait_until
+from tests.gateway.manual_clock import ManualClock
 
 
 def _free_port() -> int:
@@ -20,7 +21,9 @@ def _free_port() -> int:
         return port
 
 
-async def test_routes_v1_v2_and_custom_paths_to_the_named_model(replicas, gateway) -> None:
+async def test_routes_v1_v2_and_custom_paths_to_the_named_model(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     a = await replicas("a")
     b = await replicas("b")
     gw = await gateway({"alpha": [a.url], "beta": [b.url]})
@@ -42,7 +45,9 @@ async def test_routes_v1_v2_and_custom_paths_to_the_named_model(replicas, gatewa
     assert a.seen[-1].body == b'{"instances":[1]}'
 
 
-async def test_unknown_model_is_404_listing_known_models(replicas, gateway) -> None:
+async def test_unknown_model_is_404_listing_known_models(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     a = await replicas("a")
     gw = await gateway({"alpha": [a.url], "zeta": []})
     for path in ("/v1/models/nope:predict", "/v2/models/nope/infer", "/nope/x", "/v2/other"):
@@ -53,7 +58,7 @@ async def test_unknown_model_is_404_listing_known_models(replicas, gateway) -> N
     assert a.seen == []
 
 
-async def test_gateway_endpoints(replicas, gateway) -> None:
+async def test_gateway_endpoints(replicas: ReplicaFactory, gateway: GatewayFactory) -> None:
     a = await replicas("a")
     gw = await gateway({"alpha": [a.url]})
     assert (await gw.client.get("/v2/health/live")).status_code == 200
@@ -74,32 +79,42 @@ async def test_gateway_endpoints(replicas, gateway) -> None:
     assert all(s.path.startswith("/v1/") for s in a.seen)
 
 
-async def test_deadline_is_propagated_as_remaining_budget(replicas, gateway) -> None:
+async def test_deadline_is_propagated_as_remaining_budget(
+    replicas: ReplicaFactory, gateway: GatewayFactory, clock: ManualClock
+) -> None:
     a = await replicas("a")
-    gw = await gateway({"alpha": [a.url]}, default_timeout_ms=5000)
+    gw = await gateway({"alpha": [a.url]}, default_timeout_ms=5000, clock=clock)
     resp = await gw.client.post("/v1/models/alpha:predict", headers={"x-shoal-timeout-ms": "800"})
-    remaining = int(resp.json()["timeout_ms"])
-    assert 0 < remaining <= 800
+    assert int(resp.json()["timeout_ms"]) == 800, "time stood still: the whole budget is left"
     resp = await gw.client.post("/v1/models/alpha:predict")
-    assert 4000 < int(resp.json()["timeout_ms"]) <= 5000
+    assert int(resp.json()["timeout_ms"]) == 5000
     for bad in ("abc", "0", "-5", "99999999999"):
         resp = await gw.client.post("/v1/models/alpha:predict", headers={"x-shoal-timeout-ms": bad})
         assert resp.status_code == 400, bad
         assert "x-shoal-timeout-ms" in resp.json()["error"]
 
 
-async def test_deadline_expiry_is_504_and_other_requests_continue(replicas, gateway) -> None:
+async def test_deadline_expiry_is_504_and_other_requests_continue(
+    replicas: ReplicaFactory, gateway: GatewayFactory, clock: ManualClock
+) -> None:
     slow = await replicas("slow")
     slow.mode = "slow"
     fast = await replicas("fast")
-    gw = await gateway({"slow": [slow.url], "fast": [fast.url]})
-    resp = await gw.client.post("/v1/models/slow:predict", headers={"x-shoal-timeout-ms": "200"})
+    gw = await gateway({"slow": [slow.url], "fast": [fast.url]}, clock=clock)
+    task = asyncio.create_task(
+        gw.client.post("/v1/models/slow:predict", headers={"x-shoal-timeout-ms": "200"})
+    )
+    await wait_until(lambda: len(slow.seen) == 1, what="request at the replica")
+    clock.advance(0.2)
+    resp = await task
     assert resp.status_code == 504
     assert "deadline" in resp.json()["error"]
     assert (await gw.client.post("/v1/models/fast:predict")).status_code == 200
 
 
-async def test_p2c_spreads_load_over_replicas(replicas, gateway) -> None:
+async def test_p2c_spreads_load_over_replicas(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     reps = [await replicas(f"r{i}") for i in range(3)]
     gw = await gateway({"m": [r.url for r in reps]})
     results = await asyncio.gather(
@@ -110,7 +125,9 @@ async def test_p2c_spreads_load_over_replicas(replicas, gateway) -> None:
     assert min(counts.values()) >= 10, counts
 
 
-async def test_connection_refused_is_retried_on_another_replica(replicas, gateway) -> None:
+async def test_connection_refused_is_retried_on_another_replica(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     live = await replicas("live")
     dead = f"http://127.0.0.1:{_free_port()}"
     gw = await gateway({"m": [dead, live.url]})
@@ -122,7 +139,7 @@ async def test_connection_refused_is_retried_on_another_replica(replicas, gatewa
     )
 
 
-async def test_all_replicas_refusing_is_502(gateway) -> None:
+async def test_all_replicas_refusing_is_502(gateway: GatewayFactory) -> None:
     gw = await gateway({"m": [f"http://127.0.0.1:{_free_port()}"]})
     resp = await gw.client.post("/v1/models/m:predict")
     assert resp.status_code == 502
@@ -131,7 +148,7 @@ async def test_all_replicas_refusing_is_502(gateway) -> None:
 
 
 async def test_draining_replica_is_retried_elsewhere_and_gets_no_new_requests(
-    replicas, gateway
+    replicas: ReplicaFactory, gateway: GatewayFactory
 ) -> None:
     draining = await replicas("draining")
     draining.mode = "draining"
@@ -142,7 +159,9 @@ async def test_draining_replica_is_retried_elsewhere_and_gets_no_new_requests(
     assert len(draining.seen) == 1, "after one 'draining' answer the replica gets nothing new"
 
 
-async def test_lone_draining_replica_passes_its_503_through(replicas, gateway) -> None:
+async def test_lone_draining_replica_passes_its_503_through(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     draining = await replicas("draining")
     draining.mode = "draining"
     gw = await gateway({"m": [draining.url]}, max_held_per_model=0)
@@ -152,7 +171,9 @@ async def test_lone_draining_replica_passes_its_503_through(replicas, gateway) -
     assert resp.headers["retry-after"] == "1"
 
 
-async def test_streaming_response_is_not_buffered(replicas, gateway) -> None:
+async def test_streaming_response_is_not_buffered(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     rep = await replicas("s")
     rep.mode = "stream"
     gw = await gateway({"s": [rep.url]})
@@ -171,7 +192,9 @@ async def test_streaming_response_is_not_buffered(replicas, gateway) -> None:
         assert b"".join(rest) == b""
 
 
-async def test_large_bodies_pass_both_ways(replicas, gateway) -> None:
+async def test_large_bodies_pass_both_ways(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]})
     payload = orjson.dumps({"instances": ["x" * 1000] * 2000})
@@ -180,7 +203,9 @@ async def test_large_bodies_pass_both_ways(replicas, gateway) -> None:
     assert resp.json()["body"] == payload.decode()
 
 
-async def test_client_going_away_cancels_its_upstream_request(replicas, gateway) -> None:
+async def test_client_going_away_cancels_its_upstream_request(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     slow = await replicas("slow")
     slow.mode = "slow"
     gw = await gateway({"m": [slow.url]})
@@ -193,7 +218,9 @@ async def test_client_going_away_cancels_its_upstream_request(replicas, gateway)
     await wait_until(lambda: model.replicas[0].outstanding == 0, what="request cancelled")
 
 
-async def test_upstream_connections_are_kept_alive_and_bounded(replicas, gateway) -> None:
+async def test_upstream_connections_are_kept_alive_and_bounded(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     from shoal.gateway.settings import UpstreamSettings
 
     rep = await replicas("a")
@@ -210,7 +237,7 @@ async def test_upstream_connections_are_kept_alive_and_bounded(replicas, gateway
 
 
 async def test_head_and_body_written_apart_reach_the_client_as_one_sized_response(
-    gateway,
+    gateway: GatewayFactory,
 ) -> None:
     """Like the runtime's server: chunked, head and body in separate writes."""
 
@@ -236,11 +263,13 @@ async def test_head_and_body_written_apart_reach_the_client_as_one_sized_respons
         server.close()
 
 
-async def test_request_ids_are_propagated_or_assigned(replicas, gateway) -> None:
+async def test_request_ids_are_propagated_or_assigned(
+    replicas: ReplicaFactory, gateway: GatewayFactory, clock: ManualClock
+) -> None:
     rep = await replicas("a")
     slow = await replicas("slow")
     slow.mode = "slow"
-    gw = await gateway({"m": [rep.url], "s": [slow.url]})
+    gw = await gateway({"m": [rep.url], "s": [slow.url]}, clock=clock)
     await gw.client.post("/v1/models/m:predict", headers={"x-request-id": "client-42"})
     assert rep.seen[-1].headers["x-request-id"] == "client-42"
     await gw.client.post("/v1/models/m:predict")
@@ -248,14 +277,21 @@ async def test_request_ids_are_propagated_or_assigned(replicas, gateway) -> None
     assigned = [s.headers["x-request-id"] for s in rep.seen[-2:]]
     assert all(a.startswith("gw") for a in assigned)
     assert assigned[0] != assigned[1]
-    resp = await gw.client.post(
-        "/v1/models/s:predict", headers={"x-shoal-timeout-ms": "100", "x-request-id": "late-1"}
+    task = asyncio.create_task(
+        gw.client.post(
+            "/v1/models/s:predict", headers={"x-shoal-timeout-ms": "100", "x-request-id": "late-1"}
+        )
     )
+    await wait_until(lambda: len(slow.seen) == 1, what="request at the replica")
+    clock.advance(0.1)
+    resp = await task
     assert resp.status_code == 504
     assert resp.headers["x-request-id"] == "late-1"
 
 
-async def test_unknown_model_names_do_not_become_metric_labels(replicas, gateway) -> None:
+async def test_unknown_model_names_do_not_become_metric_labels(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]})
     for i in range(5):
@@ -265,7 +301,7 @@ async def test_unknown_model_names_do_not_become_metric_labels(replicas, gateway
 
 
 async def test_head_request_gets_headers_only_and_the_connection_stays_usable(
-    replicas, gateway
+    replicas: ReplicaFactory, gateway: GatewayFactory
 ) -> None:
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]})
@@ -277,14 +313,18 @@ async def test_head_request_gets_headers_only_and_the_connection_stays_usable(
     assert resp.json()["replica"] == "a"
 
 
-async def test_graceful_stop_finishes_in_flight_requests(replicas, gateway) -> None:
+async def test_graceful_stop_finishes_in_flight_requests(
+    replicas: ReplicaFactory, gateway: GatewayFactory
+) -> None:
     slow = await replicas("slow")
     slow.mode = "slow"
     gw = await gateway({"m": [slow.url]})
     in_flight = asyncio.create_task(gw.client.post("/v1/models/m:predict", content=b"last"))
     await wait_until(lambda: len(slow.seen) == 1, what="request at the replica")
     stopping = asyncio.create_task(gw.app.stop(grace_s=30.0))
-    await wait_until(lambda: not gw.app.server._server.is_serving(), what="listener closed")
+    listener = gw.app.server._server
+    assert listener is not None
+    await wait_until(lambda: not listener.is_serving(), what="listener closed")
     assert not stopping.done(), "stop waits for the request in flight"
     slow.gate.set()
     resp = await in_flight

@@ -14,13 +14,16 @@ import pytest
 from shoal import metric_names
 from shoal.gateway.registry import Endpoint
 from shoal.runtime.testing import ServeProcess
-from tests.gateway.conftest import RunningGateway, wait_until
+from tests.gateway.conftest import GatewayFactory, RunningGateway, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 
+Adders = Callable[..., Awaitable[list[ServeProcess]]]
+
+
 @pytest.fixture
-async def adders() -> AsyncIterator[Callable[[int], Awaitable[list[ServeProcess]]]]:
+async def adders() -> AsyncIterator[Adders]:
     procs: list[ServeProcess] = []
 
     async def start(n: int, *extra: str) -> list[ServeProcess]:
@@ -75,7 +78,7 @@ def _retries(text: str, reason: str) -> float:
     return 0.0
 
 
-async def test_sigkill_under_load_loses_no_request(adders, gateway) -> None:
+async def test_sigkill_under_load_loses_no_request(adders: Adders, gateway: GatewayFactory) -> None:
     a, b = await adders(2)
     gw = await gateway({"adder": [a.url, b.url]})
     load = Load(gw, workers=16)
@@ -95,7 +98,9 @@ async def test_sigkill_under_load_loses_no_request(adders, gateway) -> None:
     )
 
 
-async def test_draining_replica_gets_no_new_requests(adders, gateway) -> None:
+async def test_draining_replica_gets_no_new_requests(
+    adders: Adders, gateway: GatewayFactory
+) -> None:
     a, b = await adders(2, "--drain-quiet-s", "1", "--grace-period-s", "20")
     gw = await gateway({"adder": [a.url, b.url]})
     load = Load(gw, workers=8)
@@ -118,7 +123,9 @@ async def test_draining_replica_gets_no_new_requests(adders, gateway) -> None:
     assert refused <= 8, f"only requests already on their way were refused ({refused})"
 
 
-async def test_held_burst_released_onto_a_small_queue_is_served_in_full(adders, gateway) -> None:
+async def test_held_burst_released_onto_a_small_queue_is_served_in_full(
+    adders: Adders, gateway: GatewayFactory
+) -> None:
     """Scale from zero with a burst: the first replica's queue is far smaller than the burst.
     Its queue-full refusals are held and sent again, so every request is served."""
     gw = await gateway({"adder": []})

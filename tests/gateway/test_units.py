@@ -11,6 +11,7 @@ from shoal.gateway.auth import Authenticator, TokenFileError, parse_tokens
 from shoal.gateway.balancer import pick
 from shoal.gateway.budget import RetryBudget
 from shoal.gateway.routing import Route, RouteKind, route
+from tests.gateway.manual_clock import ManualClock
 
 
 @pytest.mark.parametrize(
@@ -109,16 +110,8 @@ def test_p2c_steers_away_from_a_loaded_replica() -> None:
     assert {p.name for p in picks if p} == {"idle1", "idle2"}
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_retry_budget_limits_retries_to_a_share_of_requests() -> None:
-    clock = FakeClock()
+    clock = ManualClock(0.0)
     budget = RetryBudget(ratio=0.2, min_per_s=0.0, max_tokens=100.0, clock=clock)
     assert not budget.try_spend(), "no floor, no traffic: no retry"
     for _ in range(100):
@@ -130,7 +123,7 @@ def test_retry_budget_limits_retries_to_a_share_of_requests() -> None:
 
 
 def test_retry_budget_floor_refills_with_time_and_is_capped() -> None:
-    clock = FakeClock()
+    clock = ManualClock(0.0)
     budget = RetryBudget(ratio=0.2, min_per_s=2.0, max_tokens=5.0, clock=clock)
     assert budget.try_spend()
     assert budget.try_spend()
@@ -148,7 +141,7 @@ def test_retry_budget_floor_refills_with_time_and_is_capped() -> None:
 
 def test_retry_budget_rejects_negative_parameters() -> None:
     with pytest.raises(ValueError, match=">= 0"):
-        RetryBudget(-0.1, 1.0, 1.0, FakeClock())
+        RetryBudget(-0.1, 1.0, 1.0, ManualClock(0.0))
 
 
 @pytest.mark.parametrize(
@@ -212,7 +205,7 @@ def test_metrics_count_codes_latency_buckets_and_retries() -> None:
     from shoal.gateway.registry import Registry
     from shoal.gateway.settings import GatewaySettings
 
-    m = GatewayMetrics(Registry(GatewaySettings(), FakeClock()))
+    m = GatewayMetrics(Registry(GatewaySettings(), ManualClock(0.0)))
     m.observe("iris", 200, 0.0005)  # on a bucket bound: counted in that bucket
     m.observe("iris", 200, 0.003)
     m.observe("iris", 503, 100.0)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from shoal.gateway.settings import UpstreamSettings
-from shoal.gateway.upstream import ConnectError, UpstreamPool
+from shoal.gateway.upstream import ConnectError, ConnectionState, UpstreamPool
 
 
 async def _server() -> tuple[asyncio.Server, int]:
@@ -26,8 +26,7 @@ async def test_connection_handed_to_a_waiter_that_gave_up_is_not_lost() -> None:
         waiter = asyncio.create_task(pool.acquire())
         await asyncio.sleep(0)  # let it queue (one loop turn, not a timing guess)
         assert len(pool._waiters) == 1
-        conn.in_flight = True
-        conn.complete = True
+        conn.state = ConnectionState.COMPLETE
         conn.finish()  # hands `conn` to the waiter...
         waiter.cancel()  # ...which is cancelled before it runs
         await asyncio.gather(waiter, return_exceptions=True)
@@ -59,8 +58,7 @@ async def test_idle_connections_past_their_age_are_not_reused() -> None:
     )
     try:
         conn = await pool.acquire()
-        conn.in_flight = True
-        conn.complete = True
+        conn.state = ConnectionState.COMPLETE
         conn.finish()
         assert pool.idle == 1
         fresh = await pool.acquire()

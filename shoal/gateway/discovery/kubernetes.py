@@ -12,7 +12,7 @@ from typing import Any
 
 from shoal.gateway.auth import Authenticator, TokenFileError, parse_tokens
 from shoal.gateway.discovery.base import DiscoverySink
-from shoal.gateway.kubeapi import JsonObj, list_watch, load_config
+from shoal.gateway.kubeapi import ApiConfig, JsonObj, list_watch, load_config
 from shoal.gateway.registry import Endpoint
 from shoal.gateway.routing import is_model_name
 from shoal.gateway.settings import KubernetesSettings
@@ -44,15 +44,17 @@ def slice_endpoints(obj: JsonObj, port_name: str) -> tuple[str | None, list[Endp
 
 
 class KubernetesDiscovery:
-    def __init__(self, settings: KubernetesSettings) -> None:
+    def __init__(self, settings: KubernetesSettings, config: ApiConfig | None = None) -> None:
         self.settings = settings
+        self.config = config
+        """Credentials, loaded by the app before it listens (None: loaded in `run`)."""
         self._slices: dict[str, tuple[str, list[Endpoint]]] = {}
         self._models: set[str] = set()
         self._sink: DiscoverySink | None = None
 
     async def run(self, sink: DiscoverySink) -> None:
         self._sink = sink
-        config = load_config(self.settings.kubeconfig, self.settings.namespace)
+        config = self.config or await load_config(self.settings.kubeconfig, self.settings.namespace)
         params = (
             {"labelSelector": self.settings.label_selector} if self.settings.label_selector else {}
         )
@@ -113,14 +115,17 @@ class SecretTokens:
     """Keeps `auth` in step with a Secret's `tokens` key. A malformed update keeps the previous
     table (logged); a deleted Secret leaves no valid token."""
 
-    def __init__(self, settings: KubernetesSettings, auth: Authenticator) -> None:
+    def __init__(
+        self, settings: KubernetesSettings, auth: Authenticator, config: ApiConfig | None = None
+    ) -> None:
         assert settings.tokens_secret is not None
         self.settings = settings
+        self.config = config
         self.name = settings.tokens_secret
         self.auth = auth
 
     async def run(self) -> None:
-        config = load_config(self.settings.kubeconfig, self.settings.namespace)
+        config = self.config or await load_config(self.settings.kubeconfig, self.settings.namespace)
         path = f"/api/v1/namespaces/{config.namespace}/secrets"
         params = {"fieldSelector": f"metadata.name={self.name}"}
         await list_watch(config, path, params, self._on_list, self._on_event)
