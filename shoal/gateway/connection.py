@@ -75,6 +75,9 @@ _BODY = ReadState.BODY
 _DISCARDING = ReadState.DISCARDING
 _CLOSED = ReadState.CLOSED
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINGER_MAX_BYTES = 256 * 1024
+"""A lingering close reads and drops at most this much (nginx bounds it by time alone; a client
+blasting a refused 15 MB body would cost the gateway CPU for all of it)."""
 
 
 class HttpConnection(asyncio.Protocol):
@@ -97,6 +100,7 @@ class HttpConnection(asyncio.Protocol):
         self._stopping = False
         self._reserved = 0
         """Body bytes of this connection's requests counted against the server-wide cap."""
+        self._discarded = 0
         # Per-request parse state.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -190,6 +194,9 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state is _DISCARDING:
+            self._discarded += len(data)
+            if self._discarded > _LINGER_MAX_BYTES and self.transport is not None:
+                self.transport.close()  # still sending a body nobody will read: stop paying
             return
         try:
             self._parser.feed_data(data)
