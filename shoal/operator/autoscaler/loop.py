@@ -1,0 +1,269 @@
+"""The autoscaler loop: once a tick, for every ModelService with `spec.autoscaling`, scrape its
+replicas and the gateways, ask the policy, and write `spec.replicas` through the scale
+subresource when the answer changed (with an Event carrying the reason).
+
+It never blocks reconciles: it runs as its own task, scrapes with short timeouts and bounded
+concurrency (one shared httpx client), and reads pods from the operator's watch cache rather
+than listing them. A replica that does not answer is unknown to the policy (HPA's rule: neither
+a reason to scale up nor to scale down), logged once per change, and the loop never dies of one
+object's failure. Only the active operator replica acts (kopf peering: `active()`).
+
+Before lowering the count it marks the least-loaded ready pods as the cheapest to delete
+(`controller.kubernetes.io/pod-deletion-cost`), so the ReplicaSet removes those; each removed
+replica then leaves the gateway's rotation (readiness false on SIGTERM -> EndpointSlice), and
+finishes what it holds before it exits (the runtime's drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import httpx
+from pydantic import ValidationError
+
+from shoal.operator import spec as api
+from shoal.operator.autoscaler import observe
+from shoal.operator.autoscaler.policy import (
+    Config,
+    Decision,
+    Observation,
+    Policy,
+    ReplicaObservation,
+    ReplicaState,
+    State,
+)
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+@dataclass(frozen=True)
+class AutoscalerSettings:
+    """The loop's knobs (the policy's own come from each ModelService's spec)."""
+
+    enabled: bool = True
+    """Run the loop at all (off: spec.autoscaling is left to an HPA or KEDA)."""
+    interval_seconds: float = 1.0
+    """Time between two decisions for one ModelService (scrapes at most this far apart)."""
+    scrape_timeout_seconds: float = 0.5
+    """A replica or gateway slower than this counts as not answering."""
+    max_concurrent_scrapes: int = 32
+    """Scrapes in flight at once, over all ModelServices."""
+    gateway_metrics_urls: tuple[str, ...] = ()
+    """Gateways' /metrics (e.g. their metrics port, which needs no token), scraped every tick;
+    the held requests are summed over them."""
+    gateway_token: str | None = None
+    """Bearer token for gateways whose /metrics needs one."""
+    status_interval_seconds: float = 5.0
+    """Least time between two writes of status.queueDepth when only the demand changed."""
+    window_overrides: Mapping[str, float] = field(default_factory=dict)
+    """Policy fields to override for every ModelService (stable_window_s, panic_window_s):
+    short windows for tests."""
+
+
+class ScaleClient(Protocol):
+    """What the loop needs from the API (kube.Kube)."""
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None: ...
+    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Any: ...
+    async def annotate_pod(
+        self, namespace: str, name: str, annotations: Mapping[str, str]
+    ) -> None: ...
+    async def post_event(
+        self, involved: Mapping[str, Any], *, type_: str, reason: str, message: str, now: datetime
+    ) -> Any: ...
+
+
+class Source(Protocol):
+    """The operator's watch cache (index.ObservedIndex)."""
+
+    def keys(self) -> list[Key]: ...
+    def modelservice(self, key: Key) -> dict[str, Any] | None: ...
+    def pods_of(self, key: Key) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class _Model:
+    uid: str
+    policy: Policy
+    last_status_at: float = float("-inf")
+    last_depth: float | None = None
+    silent: frozenset[str] = frozenset()
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        settings: AutoscalerSettings,
+        source: Source,
+        kube: ScaleClient,
+        *,
+        active: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.monotonic,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.kube = kube
+        self.active = active
+        self.clock = clock
+        self._http = http
+        self._own_http = http is None
+        self._sem = asyncio.Semaphore(settings.max_concurrent_scrapes)
+        self.models: dict[Key, _Model] = {}
+        self.decisions: list[tuple[Key, Decision]] = []
+        """Changes written, newest last (bounded): what tests and `status` read."""
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            limits = httpx.Limits(max_connections=self.settings.max_concurrent_scrapes)
+            self._http = httpx.AsyncClient(
+                timeout=self.settings.scrape_timeout_seconds, limits=limits
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def run(self, stopped: asyncio.Event) -> None:
+        """Tick until `stopped` is set; one tick's failure is logged, never fatal."""
+        try:
+            while not stopped.is_set():
+                started = self.clock()
+                if self.active():
+                    try:
+                        await self.tick()
+                    except Exception:
+                        log.exception("autoscaler tick failed; next tick goes on")
+                wait = max(0.0, self.settings.interval_seconds - (self.clock() - started))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopped.wait(), timeout=wait)
+        finally:
+            await self.aclose()
+
+    async def tick(self) -> None:
+        keys = self.source.keys()
+        for gone in set(self.models) - set(keys):
+            del self.models[gone]
+        held = await self._gateways_held()
+        await asyncio.gather(*(self._one(key, held) for key in keys), return_exceptions=False)
+
+    async def _scrape(self, url: str, headers: Mapping[str, str] | None = None) -> str | None:
+        async with self._sem:
+            try:
+                resp = await self.http.get(url, headers=headers)
+            except httpx.HTTPError:
+                return None
+        return resp.text if resp.status_code == 200 else None
+
+    async def _gateways_held(self) -> list[str | None]:
+        s = self.settings
+        headers = {"authorization": f"Bearer {s.gateway_token}"} if s.gateway_token else None
+        return list(
+            await asyncio.gather(*(self._scrape(u, headers) for u in s.gateway_metrics_urls))
+        )
+
+    def _model(self, key: Key, uid: str, config: Config) -> _Model:
+        m = self.models.get(key)
+        if m is None or m.uid != uid:
+            # A new object (or a new operator process): a fresh state; see policy.py for why
+            # that neither flaps nor freezes.
+            m = self.models[key] = _Model(uid, Policy(config, State()))
+        elif m.policy.config != config:
+            m.policy = Policy(config, m.policy.state)  # a spec edit keeps the history
+        return m
+
+    async def _one(self, key: Key, gateway_texts: Sequence[str | None]) -> None:
+        body = self.source.modelservice(key)
+        if body is None:
+            return
+        try:
+            spec = api.parse_spec(body.get("spec") or {})
+        except (ValidationError, ValueError):
+            return  # the reconciler reports it in status
+        config = observe.config_for(spec, self.settings.window_overrides)
+        if config is None:
+            self.models.pop(key, None)
+            return
+        md = body["metadata"]
+        model = self._model(key, str(md.get("uid", "")), config)
+        targets = observe.replica_targets(self.source.pods_of(key))
+        texts = await asyncio.gather(
+            *(
+                self._scrape(t.url) if t.url and t.state is ReplicaState.READY else _none()
+                for t in targets
+            )
+        )
+        replicas = []
+        silent = set()
+        for t, text in zip(targets, texts, strict=True):
+            load: float | None = 0.0
+            if t.state is ReplicaState.READY:
+                load = observe.replica_load(text, key[1]) if text is not None else None
+                if load is None:
+                    silent.add(t.name)
+            replicas.append(ReplicaObservation(t.name, t.state, load))
+        if silent != model.silent:
+            if silent - model.silent:
+                log.warning("%s/%s: no metrics from %s", *key, ", ".join(sorted(silent)))
+            model.silent = frozenset(silent)
+        held = sum(observe.gateway_held(t, key[1]) for t in gateway_texts if t is not None)
+        current = spec.replicas if spec.replicas is not None else spec.desired_replicas()
+        obs = Observation(self.clock(), current, tuple(replicas), held)
+        decision = model.policy.decide(obs)
+        try:
+            await self._act(key, body, model, obs, decision)
+        except Exception as exc:  # the API refused or is away: the next tick tries again
+            log.warning("%s/%s: autoscaler could not write: %s", *key, exc)
+
+    async def _act(
+        self, key: Key, body: Mapping[str, Any], model: _Model, obs: Observation, d: Decision
+    ) -> None:
+        ns, name = key
+        now = self.clock()
+        if d.changed(obs.current):
+            if d.replicas < obs.current:
+                await self._mark_cheapest(ns, obs)
+            await self.kube.scale(ns, name, d.replicas)
+            self.decisions = [*self.decisions[-999:], (key, d)]
+            message = f"{obs.current} -> {d.replicas}: {d.reason}"
+            log.info("%s/%s: scaled %s", ns, name, message)
+            try:
+                await self.kube.post_event(
+                    body, type_="Normal", reason="Autoscaled", message=message, now=_utcnow()
+                )
+            except Exception as exc:  # Events are best effort
+                log.warning("%s/%s: could not post an Event: %s", ns, name, exc)
+        depth = round(d.demand, 2)
+        due = now - model.last_status_at >= self.settings.status_interval_seconds
+        if depth != model.last_depth and (due or d.changed(obs.current)):
+            await self.kube.patch_status(ns, name, {"queueDepth": depth})
+            model.last_depth, model.last_status_at = depth, now
+
+    async def _mark_cheapest(self, ns: str, obs: Observation) -> None:
+        """Give ready replicas a deletion cost equal to their load (the idlest go first);
+        starting replicas go first anyway (a ReplicaSet deletes unready pods first)."""
+        ready = [r for r in obs.replicas if r.state is ReplicaState.READY]
+        for r in ready:
+            cost = int(r.load) if r.load is not None else 1_000_000
+            await self.kube.annotate_pod(ns, r.name, {DELETION_COST: str(cost)})
+
+
+async def _none() -> None:
+    return None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
