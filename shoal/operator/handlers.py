@@ -27,6 +27,7 @@ from shoal.operator import registry as reg
 from shoal.operator import resources as res
 from shoal.operator import spec as api
 from shoal.operator import status as st
+from shoal.operator.autoscaler.loop import Autoscaler, IndexSource
 from shoal.operator.kube import Kube, KubeError
 from shoal.operator.settings import OperatorSettings
 
@@ -100,6 +101,23 @@ class Reconciler:
         self.states: dict[Key, _ObjectState] = {}
         self.passes = 0
         """Completed reconcile passes (tests wait on it after a restart)."""
+        self.autoscaler: Autoscaler | None = None
+        self._autoscaler_stop = asyncio.Event()
+        self._autoscaler_task: asyncio.Task[None] | None = None
+
+    def start_autoscaler(self, source: IndexSource) -> None:
+        """Run the autoscaler loop beside the reconciles (its own task; see autoscaler/)."""
+        if not self.settings.autoscaler.enabled or not isinstance(self._kube, Kube):
+            return
+        self.autoscaler = Autoscaler(self.settings.autoscaler, source, self._kube)
+        self._autoscaler_stop.clear()
+        self._autoscaler_task = asyncio.create_task(self.autoscaler.run(self._autoscaler_stop))
+
+    async def stop_autoscaler(self) -> None:
+        if self._autoscaler_task is not None:
+            self._autoscaler_stop.set()
+            await self._autoscaler_task
+            self._autoscaler_task = None
 
     @property
     def kube(self) -> KubeClient:
@@ -342,12 +360,24 @@ def register(
         # The same sources as kube.py: in-cluster account, else $KUBECONFIG / ~/.kube/config.
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
+    @kopf.index(*msvc, registry=registry, id="msvc_index")
+    def msvc_index(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+        return {(body.metadata.namespace or "", body.metadata.name or ""): dict(body)}
+
+    @kopf.index("", "v1", "pods", labels=managed, registry=registry, id="pod_index")
+    def pod_index(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]] | None:
+        key = _owner_key(body)
+        return {key: dict(body)} if key is not None else None
+
     @kopf.on.startup(registry=registry, id="startup")
-    async def startup(**_: Any) -> None:
+    async def startup(**kwargs: Any) -> None:
         await rec.start()
+        # kopf passes every index to every handler, by id.
+        rec.start_autoscaler(IndexSource(kwargs["msvc_index"], kwargs["pod_index"]))
 
     @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**_: Any) -> None:
+        await rec.stop_autoscaler()
         await rec.stop()
 
     @kopf.on.resume(*msvc, registry=registry, id="reconcile")

@@ -23,6 +23,8 @@ from shoal.operator.settings import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
 
+AUTOSCALER_FIELD_MANAGER = "shoal-autoscaler"
+
 # (apiVersion, kind) -> plural resource name.
 PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ServiceAccount"): "serviceaccounts",
@@ -191,3 +193,25 @@ class Kube:
             "count": 1,
         }
         await self._call("POST", _path("v1", "Event", md["namespace"]), body=event)
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        """Set a ModelService's `spec.replicas` through its scale subresource (the autoscaler's
+        write: the same path an HPA takes, and it touches nothing else in the spec)."""
+        path = _path(api.API_VERSION, api.KIND, namespace, name) + "/scale"
+        await self._call(
+            "PATCH",
+            path,
+            query=[("fieldManager", AUTOSCALER_FIELD_MANAGER)],
+            body={"spec": {"replicas": int(replicas)}},
+            content_type="application/merge-patch+json",
+        )
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Merge annotations into a pod (the autoscaler's deletion costs before scale-in)."""
+        await self._call(
+            "PATCH",
+            _path("v1", "Pod", namespace, name),
+            query=[("fieldManager", AUTOSCALER_FIELD_MANAGER)],
+            body={"metadata": {"annotations": dict(annotations)}},
+            content_type="application/merge-patch+json",
+        )

@@ -20,6 +20,8 @@ RULES: list[dict[str, Any]] = [
         "verbs": ["get", "list", "watch", "patch"],
     },
     {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/status"], "verbs": ["patch"]},
+    # The autoscaler writes spec.replicas through the scale subresource.
+    {"apiGroups": [api.GROUP], "resources": [f"{api.PLURAL}/scale"], "verbs": ["patch"]},
     # Owned objects: server-side apply (PATCH, which creates when absent).
     {
         "apiGroups": ["apps"],
@@ -32,8 +34,9 @@ RULES: list[dict[str, Any]] = [
         "verbs": ["create", "patch"],
     },
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create", "patch"]},
-    # Status: pods are watched (scheduling, crashes) and listed per pass.
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    # Status: pods are watched (scheduling, crashes) and listed per pass; the autoscaler
+    # patches their deletion cost before scale-in.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]},
     # Events: ours and kopf's.
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},

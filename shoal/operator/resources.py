@@ -26,7 +26,10 @@ TMP_VOLUME = "tmp"
 MODEL_VOLUME = "model-store"
 MODEL_MOUNT = "/mnt/models"
 GPU_RESOURCE = "nvidia.com/gpu"
-STARTUP_PERIOD_SECONDS = 5
+# Probed every second while starting: a replica that has loaded is noticed (and put into
+# the gateway's rotation through its EndpointSlice) within about a second, which is what
+# scale-from-zero waits on. The kubelet's probe is one GET of /v2/health/ready.
+STARTUP_PERIOD_SECONDS = 1
 
 # Labels: `serving.shoal.dev/model` selects a model's pods (and is what the gateway and the
 # operator's own watches use); the app.kubernetes.io ones are for people and tools.

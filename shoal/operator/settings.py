@@ -6,6 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shoal.operator.autoscaler import settings as autoscaler_settings
+from shoal.operator.autoscaler.settings import AutoscalerSettings
+
 DEFAULT_IMAGE = "ghcr.io/shoal-dev/shoal:0.1.0"
 FIELD_MANAGER = "shoal-operator"
 
@@ -55,6 +58,8 @@ class OperatorSettings:
     """Post Kubernetes Events for condition transitions."""
     extra_labels: Mapping[str, str] = field(default_factory=dict)
     """Labels added to every object the operator creates."""
+    autoscaler: AutoscalerSettings = field(default_factory=AutoscalerSettings)
+    """The autoscaler loop (SHOAL_OPERATOR_AUTOSCALER_*)."""
 
     @property
     def cluster_wide(self) -> bool:
@@ -90,4 +95,5 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         liveness_endpoint=env.get("SHOAL_OPERATOR_LIVENESS", base.liveness_endpoint) or None,
         standalone=env.get("SHOAL_OPERATOR_STANDALONE", "") in ("1", "true", "yes"),
         priority=int(prio) if prio else None,
+        autoscaler=autoscaler_settings.from_env(env),
     )

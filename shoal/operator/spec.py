@@ -233,6 +233,15 @@ class Autoscaling(_Spec):
         le=86_400,
         description="How long demand must stay low before replicas are removed.",
     )
+    scale_to_zero_delay_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86_400,
+        description=(
+            "With minReplicas 0: how long the model must see no request at all (none queued, "
+            "in flight or held by a gateway) before its last replica is removed."
+        ),
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:

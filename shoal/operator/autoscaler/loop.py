@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -39,35 +39,12 @@ from shoal.operator.autoscaler.policy import (
     ReplicaState,
     State,
 )
+from shoal.operator.autoscaler.settings import AutoscalerSettings
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
-
-
-@dataclass(frozen=True)
-class AutoscalerSettings:
-    """The loop's knobs (the policy's own come from each ModelService's spec)."""
-
-    enabled: bool = True
-    """Run the loop at all (off: spec.autoscaling is left to an HPA or KEDA)."""
-    interval_seconds: float = 1.0
-    """Time between two decisions for one ModelService (scrapes at most this far apart)."""
-    scrape_timeout_seconds: float = 0.5
-    """A replica or gateway slower than this counts as not answering."""
-    max_concurrent_scrapes: int = 32
-    """Scrapes in flight at once, over all ModelServices."""
-    gateway_metrics_urls: tuple[str, ...] = ()
-    """Gateways' /metrics (e.g. their metrics port, which needs no token), scraped every tick;
-    the held requests are summed over them."""
-    gateway_token: str | None = None
-    """Bearer token for gateways whose /metrics needs one."""
-    status_interval_seconds: float = 5.0
-    """Least time between two writes of status.queueDepth when only the demand changed."""
-    window_overrides: Mapping[str, float] = field(default_factory=dict)
-    """Policy fields to override for every ModelService (stable_window_s, panic_window_s):
-    short windows for tests."""
 
 
 class ScaleClient(Protocol):
@@ -89,6 +66,28 @@ class Source(Protocol):
     def keys(self) -> list[Key]: ...
     def modelservice(self, key: Key) -> dict[str, Any] | None: ...
     def pods_of(self, key: Key) -> list[dict[str, Any]]: ...
+
+
+class IndexSource:
+    """A Source over the operator's watch indices: (namespace, name) -> the ModelService body,
+    and (namespace, ModelService name) -> its pods (kopf indices have this shape)."""
+
+    def __init__(
+        self,
+        modelservices: Mapping[Key, Collection[Mapping[str, Any]]],
+        pods: Mapping[Key, Collection[Mapping[str, Any]]],
+    ) -> None:
+        self._msvcs, self._pods = modelservices, pods
+
+    def keys(self) -> list[Key]:
+        return list(self._msvcs)
+
+    def modelservice(self, key: Key) -> dict[str, Any] | None:
+        bodies = list(self._msvcs.get(key, ()))
+        return dict(bodies[-1]) if bodies else None
+
+    def pods_of(self, key: Key) -> list[dict[str, Any]]:
+        return [dict(p) for p in self._pods.get(key, ())]
 
 
 @dataclass

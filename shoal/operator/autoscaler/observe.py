@@ -19,7 +19,6 @@ from shoal.operator import spec as api
 from shoal.operator.autoscaler.policy import Config, ReplicaState
 
 DEFAULT_PORT = 8000
-SCALE_TO_ZERO_DELAY_DEFAULT = 300.0
 
 
 @dataclass(frozen=True)
@@ -96,16 +95,12 @@ def config_for(spec: api.ModelServiceSpec, overrides: Mapping[str, float]) -> Co
     a = spec.autoscaling
     if a is None:
         return None
-    to_zero = getattr(a, "scale_to_zero_delay_seconds", None)
-    to_zero = SCALE_TO_ZERO_DELAY_DEFAULT if to_zero is None else to_zero
     base = Config.windows_for(
         float(a.scale_down_delay_seconds),
         min_replicas=a.min_replicas,
         max_replicas=a.max_replicas,
         target=float(a.target_queue_depth),
-        scale_to_zero_delay_s=float(
-            to_zero if to_zero is not None else SCALE_TO_ZERO_DELAY_DEFAULT
-        ),
+        scale_to_zero_delay_s=float(a.scale_to_zero_delay_seconds),
     )
     if not overrides:
         return base
