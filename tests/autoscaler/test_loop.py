@@ -308,6 +308,15 @@ def test_pods_become_replica_states() -> None:
         (replica_text(1, 7), 7.0),  # multi-row requests: more rows queued than requests
         (replica_text(5, model="other"), None),
         ("", None),
+        # Label order, a look-alike label and metric, a timestamp, help lines.
+        (
+            f"# HELP {names.INFLIGHT_REQUESTS} x\n"
+            f'{names.INFLIGHT_REQUESTS}{{submodel="iris",model="iris"}} 6 1700000000\n'
+            f'{names.INFLIGHT_REQUESTS}_total{{model="iris"}} 100\n'
+            f'{names.INFLIGHT_REQUESTS}{{model="iris2"}} 100\n',
+            6.0,
+        ),
+        (f'{names.INFLIGHT_REQUESTS}{{model="iris"}} junk\n', None),
     ],
 )
 def test_replica_load(text: str, expected: float | None) -> None:

@@ -8,11 +8,10 @@ multi-row requests; the two are never added, since in-flight already includes th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from prometheus_client.parser import text_string_to_metric_families
 
 import shoal.metric_names as metric_names
 from shoal.operator import spec as api
@@ -64,14 +63,25 @@ def replica_targets(pods: Sequence[Mapping[str, Any]]) -> list[Target]:
     return out
 
 
+_MODEL_LABEL = re.compile(r'[{,]\s*model="([^"]*)"')
+
+
 def _values(text: str, metric: str, model: str) -> list[float]:
+    """The samples of one gauge for one model. A line scan, not prometheus_client's parser:
+    a replica's exposition is mostly histogram lines that the loop never reads, and parsing
+    them all cost ~9 ms per replica scrape (bench.autoscale.loop_cpu)."""
     out = []
-    for family in text_string_to_metric_families(text):
-        if family.name != metric:
+    for line in text.splitlines():
+        if not line.startswith(metric) or line[len(metric) : len(metric) + 1] not in ("{", " "):
             continue
-        for sample in family.samples:
-            if sample.name == metric and sample.labels.get("model") == model:
-                out.append(float(sample.value))
+        head, _, rest = line.rpartition("}") if "}" in line else ("", "", line[len(metric) :])
+        m = _MODEL_LABEL.search(head)
+        if m is None or m.group(1) != model:
+            continue
+        try:
+            out.append(float(rest.split()[0]))
+        except (IndexError, ValueError):
+            continue  # a malformed line counts as absent
     return out
 
 
