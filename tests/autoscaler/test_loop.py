@@ -15,8 +15,9 @@ import pytest
 
 from shoal import metric_names as names
 from shoal.operator.autoscaler import observe
-from shoal.operator.autoscaler.loop import DELETION_COST, Autoscaler, AutoscalerSettings
+from shoal.operator.autoscaler.loop import DELETION_COST, Autoscaler
 from shoal.operator.autoscaler.policy import ReplicaState
+from shoal.operator.autoscaler.settings import AutoscalerSettings
 
 NS, NAME = "ns", "iris"
 KEY = (NS, NAME)
