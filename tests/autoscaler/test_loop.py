@@ -193,6 +193,7 @@ async def test_a_burst_is_one_scale_write_with_an_event(servers: Servers) -> Non
     api, clock = Api(cache), Clock()
     loop = make_loop(cache, api, clock)
     await loop.tick()
+    await loop.settle()
     assert api.scales == [10]
     assert api.events == ["Autoscaled: 2 -> 10: burst: demand 40 needs 10 (target 4)"]
     assert api.statuses == [{"queueDepth": 40.0}]

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -97,6 +98,7 @@ class _Model:
     last_status_at: float = float("-inf")
     last_depth: float | None = None
     silent: frozenset[str] = frozenset()
+    status_write: asyncio.Task[None] | None = None
 
 
 class Autoscaler:
@@ -120,6 +122,8 @@ class Autoscaler:
         self._sem = asyncio.Semaphore(settings.max_concurrent_scrapes)
         self.models: dict[Key, _Model] = {}
         self.decisions: list[tuple[Key, Decision]] = []
+        self.observed: deque[tuple[Key, Observation, Decision]] = deque(maxlen=600)
+        """The latest observations with what was decided (for diagnostics)."""
         """Changes written, newest last (bounded): what tests and `status` read."""
 
     @property
@@ -131,7 +135,13 @@ class Autoscaler:
             )
         return self._http
 
+    async def settle(self) -> None:
+        """Wait for the status writes in flight."""
+        pending = [m.status_write for m in self.models.values() if m.status_write is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
+
     async def aclose(self) -> None:
+        await self.settle()
         if self._own_http and self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -222,6 +232,7 @@ class Autoscaler:
         current = spec.replicas if spec.replicas is not None else spec.desired_replicas()
         obs = Observation(self.clock(), current, tuple(replicas), held)
         decision = model.policy.decide(obs)
+        self.observed.append((key, obs, decision))
         try:
             await self._act(key, body, model, obs, decision)
         except Exception as exc:  # the API refused or is away: the next tick tries again
@@ -247,9 +258,17 @@ class Autoscaler:
                 log.warning("%s/%s: could not post an Event: %s", ns, name, exc)
         depth = round(d.demand, 2)
         due = now - model.last_status_at >= self.settings.status_interval_seconds
-        if depth != model.last_depth and (due or d.changed(obs.current)):
-            await self.kube.patch_status(ns, name, {"queueDepth": depth})
+        writing = model.status_write is not None and not model.status_write.done()
+        if depth != model.last_depth and (due or d.changed(obs.current)) and not writing:
+            # In the background: a slow API server must not stretch the next tick.
             model.last_depth, model.last_status_at = depth, now
+            model.status_write = asyncio.create_task(self._write_depth(ns, name, depth))
+
+    async def _write_depth(self, ns: str, name: str, depth: float) -> None:
+        try:
+            await self.kube.patch_status(ns, name, {"queueDepth": depth})
+        except Exception as exc:
+            log.warning("%s/%s: could not write status.queueDepth: %s", ns, name, exc)
 
     async def _mark_cheapest(self, ns: str, obs: Observation) -> None:
         """Give ready replicas a deletion cost equal to their load (the idlest go first);
