@@ -401,13 +401,13 @@ def test_a_replica_killed_under_load_is_replaced_and_only_its_own_requests_can_f
 def test_an_hpa_on_the_scale_subresource_is_accepted_and_can_scale(
     k8s_cluster: Cluster, k8s_namespace: str
 ) -> None:
-    """examples/adder-hpa.yaml against the real API server and HPA controller: accepted, and
-    the controller reads the ModelService's scale subresource (AbleToScale). No metrics API
-    runs here, so it goes no further than that."""
+    """examples/autoscaling/adder-hpa.yaml against the real API server and HPA controller:
+    accepted, and the controller reads the ModelService's scale subresource (AbleToScale). No
+    metrics API runs here, so it goes no further than that."""
     install_crds(k8s_cluster)
     ns = k8s_namespace
     k8s_cluster.apply(ns, (ROOT / "examples" / "adder.yaml").read_text())
-    k8s_cluster.apply(ns, (ROOT / "examples" / "adder-hpa.yaml").read_text())
+    k8s_cluster.apply(ns, (ROOT / "examples" / "autoscaling" / "adder-hpa.yaml").read_text())
 
     def able() -> dict[str, Any] | None:
         hpa = k8s_cluster.get_json("hpa", "-n", ns, "adder")
