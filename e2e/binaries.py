@@ -15,17 +15,19 @@ log = logging.getLogger(__name__)
 
 SCRIPT = Path(__file__).with_name("build-binaries.sh")
 REQUIRED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+NODE_REQUIRED = ("kubelet",)
 
 
-def ensure(timeout_s: float = 3600.0) -> Path:
-    """Returns the folder holding the binaries, building them first when the cache lacks them.
+def ensure(timeout_s: float = 3600.0, node: bool = False) -> Path:
+    """Returns the folder holding the binaries, building them first when the cache lacks them
+    (with node=True also the kubelet that real nodes run).
 
     The build's progress goes to this process's stderr, so a first (long) build is visible.
     """
     env_path = "/usr/local/go/bin"
     have_go = shutil.which("go") is not None or Path(env_path, "go").exists()
     proc = subprocess.run(
-        ["bash", str(SCRIPT)],
+        ["bash", str(SCRIPT), *(["--node"] if node else [])],
         stdout=subprocess.PIPE,
         stderr=sys.stderr,
         text=True,
@@ -41,7 +43,7 @@ def ensure(timeout_s: float = 3600.0) -> Path:
     if not lines:
         raise HarnessError(f"{SCRIPT} printed no binary folder")
     bin_dir = Path(lines[-1])
-    missing = [b for b in REQUIRED if not (bin_dir / b).is_file()]
+    missing = [b for b in REQUIRED + (NODE_REQUIRED if node else ()) if not (bin_dir / b).is_file()]
     if missing:
         raise HarnessError(f"{bin_dir} lacks {', '.join(missing)} after the build")
     return bin_dir

@@ -2,7 +2,12 @@
 # Builds the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl) and helm from the Go module proxy into a per-user cache
 # keyed by version. A second run finds the binaries and returns in well under a second.
+# `--node` also builds what a real node runs (the kubelet) from the same pinned
+# k8s.io/kubernetes, in a wrapper module of its own (kubelet needs modules the control
+# plane's go.sum lacks, and tidying one shared module would rebuild the control plane).
 set -euo pipefail
+NODE=0
+[ "${1:-}" = "--node" ] && NODE=1
 
 K8S_VERSION="${SHOAL_K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${SHOAL_ETCD_VERSION:-v3.6.16}"
@@ -11,6 +16,8 @@ STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 CACHE_ROOT="${SHOAL_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shoal-e2e}"
 BIN="$CACHE_ROOT/bin-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-helm-${HELM_VERSION}"
 WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm)
+NODE_BINS=(kubelet)
+[ "$NODE" = 1 ] && WANT+=("${NODE_BINS[@]}")
 
 have_all() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; }
 if have_all; then echo "$BIN"; exit 0; fi
@@ -33,12 +40,14 @@ if [ ! -x "$BIN/etcd" ]; then
   mv "$BIN/etcd.tmp" "$BIN/etcd"
 fi
 
-k8s_missing=0
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do [ -x "$BIN/$b" ] || k8s_missing=1; done
-if [ "$k8s_missing" = 1 ]; then
-  log "kubernetes $K8S_VERSION (staging $STAGING_VERSION)"
-  d="$CACHE_ROOT/src/k8s-$K8S_VERSION"; mkdir -p "$d"; cd "$d"
+# A module that requires k8s.io/kubernetes and replaces its staging modules (v0.0.0 in its
+# go.mod) with their published versions; tools.go imports the commands named as arguments.
+wrapper_module() {
+  local dir="$1"; shift
+  mkdir -p "$dir"; cd "$dir"
+  [ -f .tidy-done ] && return 0
   go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
+  local modfile
   modfile="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.mod"
   {
     echo "module example.local/k8sbins"
@@ -49,28 +58,32 @@ if [ "$k8s_missing" = 1 ]; then
       while read -r m; do echo "  $m => $m $STAGING_VERSION"; done
     echo ")"
   } > go.mod
-  cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for b in "$@"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b"; done
+    printf ')\n'
+  } > tools.go
   go mod tidy >&2
-  minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    [ -x "$BIN/$b" ] && continue
+  touch .tidy-done
+}
+
+minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+build_k8s() {  # build_k8s DIR BIN...: the missing ones of BIN... from the wrapper module in DIR
+  local dir="$1"; shift
+  local missing=()
+  for b in "$@"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "kubernetes $K8S_VERSION (staging $STAGING_VERSION): ${missing[*]}"
+  wrapper_module "$dir" "$@"
+  for b in "${missing[@]}"; do
     log "  go build $b"
     go build -trimpath -ldflags="$ldflags" -o "$BIN/$b.tmp" "k8s.io/kubernetes/cmd/$b" >&2
     mv "$BIN/$b.tmp" "$BIN/$b"
   done
-fi
+}
+build_k8s "$CACHE_ROOT/src/k8s-$K8S_VERSION" kube-apiserver kube-controller-manager kube-scheduler kubectl
+[ "$NODE" = 1 ] && build_k8s "$CACHE_ROOT/src/k8s-node-$K8S_VERSION" "${NODE_BINS[@]}"
 
 if [ ! -x "$BIN/helm" ]; then
   log "helm $HELM_VERSION"

@@ -25,6 +25,7 @@ from e2e import binaries, network
 from e2e.controlplane import processes_under
 from e2e.daemon import clean_slot, lock_slot
 from e2e.layout import Slot, state_root
+from e2e.realnode import cleanup as realnode_cleanup
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +47,9 @@ class Cluster:
     bin_dir: Path
     run_dir: Path
     pid: int
+    real_nodes: dict[str, Any] | None = None
+    """What the real nodes are (``nodes``, ``gpu_nodes``, ``image``) or why they failed
+    (``error``); None when the cluster runs none."""
     env: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +68,7 @@ class Cluster:
             bin_dir=Path(info["bin_dir"]),
             run_dir=Path(info["run_dir"]),
             pid=int(info["pid"]),
+            real_nodes=info.get("real_nodes"),
         )
 
     def kubectl(
@@ -140,10 +145,14 @@ def start(
     follow_parent: bool = False,
     timeout_s: float = 300.0,
     bin_dir: Path | None = None,
+    real_nodes: bool = False,
 ) -> Cluster:
-    """Starts a cluster supervisor and returns once it is ready; raises HarnessError otherwise."""
+    """Starts a cluster supervisor and returns once it is ready; raises HarnessError otherwise.
+
+    With real_nodes, the kubelet and the node images are built (or found in the caches) first,
+    and the cluster also runs the real nodes (e2e/realnode)."""
     network.check_prerequisites()
-    bin_dir = bin_dir or binaries.ensure()
+    bin_dir = bin_dir or binaries.ensure(node=real_nodes)
     state_root().mkdir(parents=True, exist_ok=True)
     fd, status_name = tempfile.mkstemp(prefix="status-", suffix=".jsonl", dir=state_root())
     os.close(fd)
@@ -158,6 +167,8 @@ def start(
     ]
     if follow_parent:
         argv.append(f"--exit-with-parent={os.getpid()}")
+    if real_nodes:
+        argv += _real_node_args()
     out_path = state_root() / f"daemon-{os.getpid()}.out"
     with out_path.open("ab") as out:
         proc = subprocess.Popen(
@@ -190,6 +201,19 @@ def start(
         status_file.unlink(missing_ok=True)
         if proc.poll() is None or proc.returncode == 0:
             out_path.unlink(missing_ok=True)
+
+
+def _real_node_args() -> list[str]:
+    from e2e.realnode import images
+
+    started = time.monotonic()
+    built = images.ensure_all()
+    log.info("real-node images ready in %.1fs: %s", time.monotonic() - started, built.runtime_ref)
+    return [
+        f"--runtime-ref={built.runtime_ref}",
+        f"--runtime-archive={built.runtime_archive}",
+        f"--pause-archive={built.pause_archive}",
+    ]
 
 
 def running(slot: Slot) -> Cluster | None:
@@ -238,16 +262,21 @@ def _alive(pid: int) -> bool:
 
 
 def leftovers(slot: Slot) -> list[str]:
-    """Processes, network devices and namespaces of the slot that still exist."""
+    """Processes, network devices and namespaces, and mounts of the slot that still exist."""
     found = network.leftovers(slot)
     found += [f"process {pid}" for pid in processes_under(slot.root)]
-    return found
+    return found + realnode_cleanup.leftovers(slot.root)
 
 
 def _cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status", "env"])
     parser.add_argument("--slot", type=int, default=0, help="cluster slot (default 0)")
+    parser.add_argument(
+        "--no-real-nodes",
+        action="store_true",
+        help="up: only the process-kubelet nodes (no kubelet/image build, no containerd)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     slot = Slot(args.slot)
@@ -257,11 +286,13 @@ def _cli(argv: list[str] | None = None) -> int:
             print(f"cluster slot {slot.index} already running (pid {current.pid})", file=sys.stderr)
         else:
             try:
-                current = start(slot=str(slot.index))
+                current = start(slot=str(slot.index), real_nodes=not args.no_real_nodes)
             except network.HarnessError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
         print(f"cluster up: {current.api_url} (logs: {current.log_dir})", file=sys.stderr)
+        if current.real_nodes and "error" in current.real_nodes:
+            print(f"real nodes failed: {current.real_nodes['error']}", file=sys.stderr)
         print(_env_lines(current))
         return 0
     if args.command == "down":

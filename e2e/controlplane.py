@@ -119,7 +119,23 @@ class ControlPlane:
         return httpx.Client(base_url=self.slot.api_url, verify=ctx, timeout=5.0, trust_env=False)
 
     def start(self, deadline_scale: float = 1.0) -> None:
-        s, p = self.slot, self.pki
+        """etcd, then the API server, then controller-manager and scheduler; returns once the
+        default ServiceAccount exists (the controllers run and tokens can be issued)."""
+        etcd_url = self._start_etcd(deadline_scale)
+        self._start_apiserver(etcd_url, deadline_scale)
+        kcm = self._start_controllers(deadline_scale)
+        with self._admin_client() as c:
+            wait_until(
+                "ServiceAccount default/default (token and SA controllers running)",
+                60 * deadline_scale,
+                lambda: (
+                    c.get("/api/v1/namespaces/default/serviceaccounts/default").status_code == 200
+                ),
+                kcm,
+            )
+
+    def _start_etcd(self, deadline_scale: float) -> str:
+        s = self.slot
         etcd_url = f"http://127.0.0.1:{s.etcd_client_port}"
         peer_url = f"http://127.0.0.1:{s.etcd_peer_port}"
         etcd = self._component(
@@ -145,7 +161,10 @@ class ControlPlane:
                 lambda: '"health":"true"' in c.get(f"{etcd_url}/health").text,
                 etcd,
             )
+        return etcd_url
 
+    def _start_apiserver(self, etcd_url: str, deadline_scale: float) -> None:
+        s, p = self.slot, self.pki
         api = self._component(
             "kube-apiserver",
             [
@@ -162,6 +181,8 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-cluster-ip-range={s.service_network}",
                 "--authorization-mode=Node,RBAC",
+                # Real nodes' kubelets may change only their own Node and their pods' status.
+                "--enable-admission-plugins=NodeRestriction",
                 f"--kubelet-client-certificate={p.client_crt('apiserver-kubelet-client')}",
                 f"--kubelet-client-key={p.client_key('apiserver-kubelet-client')}",
                 "--kubelet-preferred-address-types=InternalIP",
@@ -180,6 +201,9 @@ class ControlPlane:
                 api,
             )
 
+    def _start_controllers(self, deadline_scale: float) -> Component:
+        """kube-controller-manager and kube-scheduler; returns the controller-manager."""
+        s, p = self.slot, self.pki
         common = ["--leader-elect=false", "--bind-address=127.0.0.1", "--profiling=false"]
         kcm_cfg = str(p.kubeconfig("kube-controller-manager"))
         kcm = self._component(
@@ -225,15 +249,7 @@ class ControlPlane:
                     lambda url=url: c.get(url).text == "ok",  # type: ignore[misc]
                     comp,
                 )
-        with self._admin_client() as c:
-            wait_until(
-                "ServiceAccount default/default (token and SA controllers running)",
-                60 * deadline_scale,
-                lambda: (
-                    c.get("/api/v1/namespaces/default/serviceaccounts/default").status_code == 200
-                ),
-                kcm,
-            )
+        return kcm
 
     def check_alive(self) -> str | None:
         """Names a component whose process has exited, if any."""
@@ -247,7 +263,16 @@ class ControlPlane:
             c.stop()
 
 
-_OURS = (b"etcd", b"kube-apiserver", b"kube-controller-manager", b"kube-scheduler")
+_OURS = (
+    b"etcd",
+    b"kube-apiserver",
+    b"kube-controller-manager",
+    b"kube-scheduler",
+    # real nodes (their containers are found by network namespace: e2e/realnode/cleanup.py)
+    b"kubelet",
+    b"containerd",
+    b"containerd-shim-runc-v2",
+)
 
 
 def processes_under(path: Path) -> list[int]:
@@ -264,7 +289,9 @@ def processes_under(path: Path) -> list[int]:
         except OSError:
             continue
         argv = cmdline.split(b"\0")
-        ours = argv[0].rsplit(b"/", 1)[-1] in _OURS or any(a.endswith(b"launcher.py") for a in argv)
+        ours = argv[0].rsplit(b"/", 1)[-1] in _OURS or any(
+            a.endswith(b"launcher.py") or a == b"e2e.realnode.deviceplugin" for a in argv
+        )
         if needle in cmdline and ours:
             found.append(int(entry))
     return found

@@ -31,6 +31,10 @@ from e2e.kubelet.kubelet import Kubelet
 from e2e.kubelet.services import ServiceProxy, serve_dns
 from e2e.kubelet.volumes import remove_mount_points
 from e2e.layout import MAX_SLOTS, NODE_NAMES, Slot, state_root
+from e2e.realnode import cleanup as realnode_cleanup
+from e2e.realnode.config import real_nodes
+from e2e.realnode.images import NodeImages
+from e2e.realnode.supervise import RealNodes
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +69,14 @@ def clean_slot(slot: Slot, keep_logs: bool = False) -> list[str]:
                 os.kill(pid, signal.SIGKILL)
                 removed.append(f"pod process {pid}")
     removed += [f"process {pid}" for pid in controlplane.kill_processes_under(slot.root)]
+    removed += realnode_cleanup.remove(slot.root)
     removed += network.teardown(slot)
     (slot.root / "mount-uses.txt").unlink(missing_ok=True)
     remove_mount_points(state_root() / "mount-points.txt", _mount_points_in_use(slot.index))
-    if slot.root.exists():
+    if realnode_cleanup.mounts_under(slot.root):
+        # Never delete through a mount: leave the folder for `down` to report.
+        log.error("mounts left under %s; not removing it", slot.root)
+    elif slot.root.exists():
         for entry in slot.root.iterdir():
             if keep_logs and entry == slot.log_dir:
                 continue
@@ -106,7 +114,11 @@ def sweep_free_slots(except_index: int) -> list[str]:
         if lock is None:
             continue
         try:
-            if network.leftovers(other) or controlplane.processes_under(other.root):
+            if (
+                network.leftovers(other)
+                or controlplane.processes_under(other.root)
+                or realnode_cleanup.leftovers(other.root)
+            ):
                 removed += [f"slot {i}: {item}" for item in clean_slot(other, keep_logs=True)]
         finally:
             lock.close()
@@ -147,6 +159,7 @@ async def _run_nodes(
     keys: pki.Pki,
     reporter: Reporter,
     info: dict[str, Any],
+    real: RealNodes | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -165,6 +178,8 @@ async def _run_nodes(
     )
     try:
         await _nodes_ready(kube, 90)
+        if real is not None:
+            info["real_nodes"] = await _start_real(real, kube)
         slot.ready_file.write_text(json.dumps(info))
         reporter.send(ready=info)
         log.info("cluster ready: %s", info)
@@ -175,12 +190,26 @@ async def _run_nodes(
             if dead:
                 log.error("control plane component died: %s; shutting down", dead)
                 break
+            if real is not None and (dead := real.check_alive()):
+                log.error("real node component died: %s", dead)
     finally:
         log.info("stopping pods and nodes")
         stop.set()
+        if real is not None:
+            log.info("real nodes stopped; removed: %s", await asyncio.to_thread(real.stop))
         await kubelet.shutdown(grace_s=2.0)
         await asyncio.gather(server, proxy_task, dns_task, return_exceptions=True)
         await kube.aclose()
+
+
+async def _start_real(real: RealNodes, kube: Kube) -> dict[str, Any]:
+    """Starts the real nodes; a failure is reported to the tests that need them (the real_nodes
+    fixture), not to the rest of the session."""
+    try:
+        return await real.start(kube, deadline_s=180)
+    except Exception as exc:
+        log.exception("real nodes failed to start")
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -220,7 +249,12 @@ def serve(args: argparse.Namespace) -> int:
         network.setup_bridge(slot)
         service_ip = str(slot.service_network.network_address + 1)
         keys = pki.generate(
-            slot.pki_dir, slot.api_url, [slot.bridge_ip], service_ip, f"shoal-e2e-{slot.index}"
+            slot.pki_dir,
+            slot.api_url,
+            [slot.bridge_ip],
+            service_ip,
+            f"shoal-e2e-{slot.index}",
+            node_names=tuple(n.name for n in real_nodes(slot)),
         )
         shutil.copy(keys.kubeconfig("admin"), slot.kubeconfig)
         cp = controlplane.ControlPlane(slot, Path(args.bin_dir), keys)
@@ -233,7 +267,15 @@ def serve(args: argparse.Namespace) -> int:
             "bin_dir": args.bin_dir,
             "run_dir": str(slot.root),
         }
-        asyncio.run(_run_nodes(slot, cp, keys, reporter, info))
+        real = None
+        if args.runtime_ref:
+            images = NodeImages(
+                pause_archive=Path(args.pause_archive),
+                runtime_archive=Path(args.runtime_archive),
+                runtime_ref=args.runtime_ref,
+            )
+            real = RealNodes(slot, keys, Path(args.bin_dir), images)
+        asyncio.run(_run_nodes(slot, cp, keys, reporter, info, real))
         return 0
     except Terminated:
         log.info("terminated while starting")
@@ -259,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status-file")
     parser.add_argument("--exit-with-parent", type=int, default=0, help="parent pid to follow")
     parser.add_argument("--deadline-scale", type=float, default=1.0)
+    # Real nodes (started when a runtime image is given): the images they import.
+    parser.add_argument("--runtime-ref", default="")
+    parser.add_argument("--runtime-archive", default="")
+    parser.add_argument("--pause-archive", default="")
     return serve(parser.parse_args(argv))
 
 

@@ -4,6 +4,9 @@
   torn down at session end. Binaries are built (or found in the cache) and the cluster is started
   right after collection, so that neither counts against the first test's timeout.
 - ``k8s_namespace`` (function): a fresh namespace, deleted after the test.
+- ``k8s_real_nodes`` (session): the real nodes (real kubelet + containerd + runc) of the
+  cluster; a session that selects a test using it starts the cluster with real nodes (building
+  the kubelet and the images first, cached); other sessions pay nothing for them.
 
 Set ``SHOAL_E2E_RUN_DIR`` to a slot's run dir (e.g. ``/tmp/shoal-e2e/slot-0``) to use a cluster
 started by ``python -m e2e.cluster up`` instead (it is left running). Missing prerequisites (Go,
@@ -17,23 +20,27 @@ import json
 import os
 import uuid
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from e2e.cluster import Cluster
+from e2e.realnode.config import pod_node_selector, pod_toleration
 
-_CLUSTER_FIXTURES = {"k8s_cluster", "k8s_namespace"}
+_REAL_FIXTURE = "k8s_real_nodes"
+_CLUSTER_FIXTURES = {"k8s_cluster", "k8s_namespace", _REAL_FIXTURE}
 
 
 class _State:
     cluster: Cluster | None = None
     error: str | None = None
     owned = False
+    real = False
 
 
-def _wanted(session: pytest.Session) -> bool:
-    return any(_CLUSTER_FIXTURES & set(getattr(i, "fixturenames", ())) for i in session.items)
+def _wanted(session: pytest.Session, fixtures: set[str]) -> bool:
+    return any(fixtures & set(getattr(i, "fixturenames", ())) for i in session.items)
 
 
 def _start() -> None:
@@ -48,7 +55,9 @@ def _start() -> None:
                 raise HarnessError(f"SHOAL_E2E_RUN_DIR={run_dir}: no running cluster there")
             _State.cluster = Cluster.from_info(json.loads(ready.read_text()))
         else:
-            _State.cluster = cluster_mod.start(follow_parent=True, timeout_s=600)
+            _State.cluster = cluster_mod.start(
+                follow_parent=True, timeout_s=600, real_nodes=_State.real
+            )
             _State.owned = True
     except HarnessError as exc:
         _State.error = f"the e2e cluster could not start: {exc}"
@@ -59,7 +68,8 @@ def _start() -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     if session.config.option.collectonly:
         return
-    if _wanted(session) and _State.cluster is None and _State.error is None:
+    _State.real = _wanted(session, {_REAL_FIXTURE})
+    if _wanted(session, _CLUSTER_FIXTURES) and _State.cluster is None and _State.error is None:
         # Uncaptured, so that a first build's progress (minutes) shows on the terminal.
         capman = session.config.pluginmanager.getplugin("capturemanager")
         with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
@@ -127,3 +137,29 @@ def k8s_namespace(k8s_cluster: Cluster) -> Iterator[str]:
     )
     yield name
     k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@dataclass(frozen=True)
+class RealNodes:
+    """The cluster's real nodes and how a pod asks for one."""
+
+    nodes: list[str]
+    gpu_nodes: list[str]
+    image: str
+    """The runtime image every real node has imported (also tagged as the operator's default)."""
+    toleration: dict[str, str] = field(default_factory=pod_toleration)
+    node_selector: dict[str, str] = field(default_factory=pod_node_selector)
+
+
+@pytest.fixture(scope="session")
+def k8s_real_nodes(k8s_cluster: Cluster) -> RealNodes:
+    info = k8s_cluster.real_nodes
+    if info is None:
+        pytest.fail(
+            "the e2e cluster runs no real nodes (a cluster given by SHOAL_E2E_RUN_DIR must be "
+            "started with `python -m e2e.cluster up`, without --no-real-nodes)",
+            pytrace=False,
+        )
+    if "error" in info:
+        pytest.fail(f"the real nodes could not start: {info['error']}", pytrace=False)
+    return RealNodes(list(info["nodes"]), list(info["gpu_nodes"]), str(info["image"]))

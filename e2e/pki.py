@@ -127,12 +127,33 @@ def _issue(
 
 
 def generate(
-    pki_dir: Path, api_url: str, server_ips: list[str], service_ip: str, cluster_name: str
+    pki_dir: Path,
+    api_url: str,
+    server_ips: list[str],
+    service_ip: str,
+    cluster_name: str,
+    node_names: tuple[str, ...] = (),
 ) -> Pki:
-    """Writes a fresh CA, serving cert, client certs, SA key pair and kubeconfigs into pki_dir."""
+    """Writes a fresh CA, serving cert, client certs (one per real node among them), SA key pair
+    and kubeconfigs into pki_dir."""
     pki_dir.mkdir(parents=True, exist_ok=True)
     pki = Pki(pki_dir)
+    ca_cert, ca_key = _write_ca(pki, cluster_name)
+    _write_serving_cert(pki, ca_cert, ca_key, [*server_ips, "127.0.0.1", service_ip])
+    _write_sa_keys(pki)
+    clients = [*CLIENTS, *(node_client(name) for name in node_names)]
+    for stem, cn, org in clients:
+        _write_client(pki, ca_cert, ca_key, stem, cn, org)
+        write_kubeconfig(pki.kubeconfig(stem), pki, stem, api_url, cluster_name)
+    return pki
 
+
+def node_client(name: str) -> tuple[str, str, str]:
+    """A kubelet's identity: the Node authorizer and NodeRestriction key on this name and group."""
+    return (f"node-{name}", f"system:node:{name}", "system:nodes")
+
+
+def _write_ca(pki: Pki, cluster_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"shoal-e2e-ca-{cluster_name}")])
     ca_cert = (
@@ -163,7 +184,12 @@ def generate(
     )
     _write(pki.ca_crt, ca_cert.public_bytes(serialization.Encoding.PEM))
     _write(pki.ca_key, _key_pem(ca_key), private=True)
+    return ca_cert, ca_key
 
+
+def _write_serving_cert(
+    pki: Pki, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, ips: list[str]
+) -> None:
     dns = [
         "localhost",
         "kubernetes",
@@ -171,7 +197,6 @@ def generate(
         "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
     ]
-    ips = [*server_ips, "127.0.0.1", service_ip]
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in dict.fromkeys(ips)]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
@@ -179,6 +204,8 @@ def generate(
     _write(pki.apiserver_crt, cert.public_bytes(serialization.Encoding.PEM))
     _write(pki.apiserver_key, _key_pem(key), private=True)
 
+
+def _write_sa_keys(pki: Pki) -> None:
     # RSA: the service account signer must support RS256 for every client library.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write(pki.sa_key, _key_pem(sa_key), private=True)
@@ -189,15 +216,21 @@ def generate(
         ),
     )
 
-    for stem, cn, org in CLIENTS:
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-        if org:
-            attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-        cert, key = _issue(ca_cert, ca_key, x509.Name(attrs), ExtendedKeyUsageOID.CLIENT_AUTH)
-        _write(pki.client_crt(stem), cert.public_bytes(serialization.Encoding.PEM))
-        _write(pki.client_key(stem), _key_pem(key), private=True)
-        write_kubeconfig(pki.kubeconfig(stem), pki, stem, api_url, cluster_name)
-    return pki
+
+def _write_client(
+    pki: Pki,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    stem: str,
+    cn: str,
+    org: str | None,
+) -> None:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    cert, key = _issue(ca_cert, ca_key, x509.Name(attrs), ExtendedKeyUsageOID.CLIENT_AUTH)
+    _write(pki.client_crt(stem), cert.public_bytes(serialization.Encoding.PEM))
+    _write(pki.client_key(stem), _key_pem(key), private=True)
 
 
 def write_kubeconfig(path: Path, pki: Pki, user: str, api_url: str, cluster_name: str) -> None:

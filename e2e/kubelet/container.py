@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from e2e.kube import Obj
+from e2e.kubelet.podspec import REPO_ROOT
 from e2e.kubelet.probes import ProbeConfig, Target, run_action
 
 log = logging.getLogger(__name__)
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
+# What a container runs from the host: kept visible even under a volume that covers it.
+KEEP_VISIBLE = list(dict.fromkeys([str(REPO_ROOT), sys.prefix, sys.base_prefix]))
 
 
 def now_rfc3339() -> str:
@@ -113,6 +116,7 @@ class ContainerRunner:
             "mounts": launch.mounts,
             "host_dev_view": str(cdir / "hostdev"),
             "termination_log": {"source": str(term_file), "target": term_path},
+            "keep_visible": KEEP_VISIBLE,
             "cwd": launch.cwd,
             "argv": launch.argv,
             "env": launch.env,

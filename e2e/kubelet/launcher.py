@@ -106,10 +106,35 @@ def setup(spec: dict[str, Any]) -> None:
     # Hold every source open first: a volume mounted over e.g. /tmp would otherwise hide the
     # sources (in the run dir) of the mounts after it. Mounting /proc/self/fd/N binds the file.
     fds = [os.open(m["source"], os.O_PATH) for m in mounts]
+    kept = [(path, os.open(path, os.O_PATH)) for path in spec.get("keep_visible", [])]
     _private_dev(spec["host_dev_view"], termination.get("target"))
     for m, fd in zip(mounts, fds, strict=True):
         _bind(f"/proc/self/fd/{fd}", m["target"], bool(m.get("readonly")))
         os.close(fd)
+    for path, fd in kept:
+        _keep_visible(path, fd)
+
+
+def _keep_visible(path: str, fd: int) -> None:
+    """Binds the harness's code (repo, interpreter) back where a volume hid it: e.g. a checkout
+    under /tmp when the pod mounts an emptyDir at /tmp, as Shoal's replicas do."""
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+            return
+    except FileNotFoundError:
+        pass
+    try:
+        os.makedirs(path, exist_ok=True)  # inside the volume that hides it
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"{path} (the harness's code, which this pod runs) is hidden by one of the pod's "
+            f"volumes and cannot be bound back ({exc.strerror}); use a volume that does not "
+            "cover it, or a checkout outside it",
+        ) from exc
+    _bind(f"/proc/self/fd/{fd}", path, False)
+    os.close(fd)
 
 
 def main() -> None:
