@@ -71,8 +71,9 @@ class RealNode:
         return self.root / "kubelet.yaml"
 
     @property
-    def device_plugin_dir(self) -> Path:
-        return self.kubelet_dir / "device-plugins"
+    def plugin_registry_dir(self) -> Path:
+        """Where the kubelet's plugin watcher finds the device plugin's socket."""
+        return self.kubelet_dir / "plugins_registry"
 
     @property
     def kubelet_port(self) -> int:

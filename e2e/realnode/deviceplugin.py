@@ -1,17 +1,21 @@
 """A device plugin that advertises fake NVIDIA GPUs to the real kubelet of a GPU real node.
 
 It speaks the kubelet's device-plugin API (``k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1``,
-gRPC over Unix sockets) as NVIDIA's plugin does: it serves ``DevicePlugin`` on a socket in the
-kubelet's device-plugins folder, registers ``nvidia.com/gpu`` with the kubelet's
-``Registration`` service, streams its devices from ``ListAndWatch``, and answers ``Allocate``
-with what the container gets: ``NVIDIA_VISIBLE_DEVICES``, a read-only mount of a per-device
-file, and a device node ``/dev/nvidia<i>`` (backed by the host's ``/dev/null``). Only the
-devices are fake; scheduling, allocation and what the container receives are the kubelet's.
+gRPC over a Unix socket) as NVIDIA's plugin does: it announces ``nvidia.com/gpu``, streams its
+devices from ``ListAndWatch``, and answers ``Allocate`` with what the container gets:
+``NVIDIA_VISIBLE_DEVICES``, a read-only mount of a per-device file, and a device node
+``/dev/nvidia<i>`` (backed by the host's ``/dev/null``). Only the devices are fake; scheduling,
+allocation and what the container receives are the kubelet's.
 
-The messages are built from a descriptor written here (the subset of api.proto this plugin
-uses, same names and field numbers), so no generated code is needed.
+It registers through the kubelet's plugin watcher (``pluginregistration`` API: a socket in
+``<kubelet root>/plugins_registry`` answering ``GetInfo``), not the ``Registration`` service on
+``/var/lib/kubelet/device-plugins/kubelet.sock``: that path is fixed in the kubelet, whatever its
+``--root-dir``, so several kubelets on one host share it; the plugin watcher honours the root dir.
 
-Run: ``python -m e2e.realnode.deviceplugin --plugin-dir DIR --node NAME --count N``.
+The messages are built from a descriptor written here (the subset of the two api.proto files
+this plugin uses, same names and field numbers), so no generated code is needed.
+
+Run: ``python -m e2e.realnode.deviceplugin --registry-dir DIR --node NAME --count N``.
 """
 
 from __future__ import annotations
@@ -31,14 +35,30 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 log = logging.getLogger(__name__)
 
 API_VERSION = "v1beta1"
+REGISTRATION = "pluginregistration"
 RESOURCE = "nvidia.com/gpu"
-KUBELET_SOCKET = "kubelet.sock"
 PLUGIN_SOCKET = "shoal-fake-gpu.sock"
 
 _STRING, _BOOL, _INT32, _MSG = 9, 8, 5, 11
 _OPTIONAL, _REPEATED = 1, 3
-# message -> [(field, number, type, label, message type)] of api.proto (package v1beta1).
-_MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
+_Fields = list[tuple[str, int, int, int, str]]
+# message -> [(field, number, type, label, message type)] of pluginregistration's api.proto.
+_REGISTRATION: dict[str, _Fields] = {
+    "InfoRequest": [],
+    "PluginInfo": [
+        ("type", 1, _STRING, _OPTIONAL, ""),
+        ("name", 2, _STRING, _OPTIONAL, ""),
+        ("endpoint", 3, _STRING, _OPTIONAL, ""),
+        ("supported_versions", 4, _STRING, _REPEATED, ""),
+    ],
+    "RegistrationStatus": [
+        ("plugin_registered", 1, _BOOL, _OPTIONAL, ""),
+        ("error", 2, _STRING, _OPTIONAL, ""),
+    ],
+    "RegistrationStatusResponse": [],
+}
+# The same for deviceplugin's api.proto (package v1beta1).
+_MESSAGES: dict[str, _Fields] = {
     "Empty": [],
     "DevicePluginOptions": [
         ("pre_start_required", 1, _BOOL, _OPTIONAL, ""),
@@ -75,16 +95,16 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
 }
 
 
-def _messages() -> dict[str, Any]:
+def _messages(package: str, messages: dict[str, _Fields]) -> dict[str, Any]:
     fdp = descriptor_pb2.FileDescriptorProto(
-        name="shoal_e2e_deviceplugin.proto", package=API_VERSION, syntax="proto3"
+        name=f"shoal_e2e_{package}.proto", package=package, syntax="proto3"
     )
-    for name, fields in _MESSAGES.items():
+    for name, fields in messages.items():
         msg = fdp.message_type.add(name=name)
         for fname, number, ftype, label, type_name in fields:
             f = msg.field.add(name=fname, number=number, type=ftype, label=label)
             if type_name:
-                f.type_name = f".{API_VERSION}.{type_name}"
+                f.type_name = f".{package}.{type_name}"
         if name == "ContainerAllocateResponse":  # map<string, string> envs
             entry = msg.nested_type.add(name="EnvsEntry")
             entry.options.map_entry = True
@@ -93,12 +113,12 @@ def _messages() -> dict[str, Any]:
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{API_VERSION}.{name}"))
-        for name in _MESSAGES
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+        for name in messages
     }
 
 
-M = _messages()
+M = _messages(API_VERSION, _MESSAGES) | _messages(REGISTRATION, _REGISTRATION)
 
 
 def device_ids(node: str, count: int) -> list[str]:
@@ -121,13 +141,15 @@ def allocate_response(ids: list[str], all_ids: list[str], files_dir: Path) -> An
 
 
 class Plugin:
-    def __init__(self, plugin_dir: Path, node: str, count: int) -> None:
-        self.plugin_dir = plugin_dir
+    def __init__(self, registry_dir: Path, node: str, count: int) -> None:
+        self.socket = registry_dir / PLUGIN_SOCKET
         self.ids = device_ids(node, count)
-        self.files_dir = plugin_dir.parent / "fake-gpus"
+        self.files_dir = registry_dir.parent / "fake-gpus"
         self.allocations: list[list[str]] = []
+        self.registered = asyncio.Event()
+        self.registration_error = ""
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
         def unary(fn: Any, req: str, resp: str) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
                 fn,
@@ -135,7 +157,16 @@ class Plugin:
                 response_serializer=M[resp].SerializeToString,
             )
 
-        return grpc.method_handlers_generic_handler(
+        registration = grpc.method_handlers_generic_handler(
+            f"{REGISTRATION}.Registration",
+            {
+                "GetInfo": unary(self.info, "InfoRequest", "PluginInfo"),
+                "NotifyRegistrationStatus": unary(
+                    self.notify, "RegistrationStatus", "RegistrationStatusResponse"
+                ),
+            },
+        )
+        plugin = grpc.method_handlers_generic_handler(
             f"{API_VERSION}.DevicePlugin",
             {
                 "GetDevicePluginOptions": unary(self.options, "Empty", "DevicePluginOptions"),
@@ -150,6 +181,24 @@ class Plugin:
                 ),
             },
         )
+        return [registration, plugin]
+
+    async def info(self, request: Any, context: Any) -> Any:
+        return M["PluginInfo"](
+            type="DevicePlugin",
+            name=RESOURCE,
+            endpoint=str(self.socket),
+            supported_versions=[API_VERSION],
+        )
+
+    async def notify(self, request: Any, context: Any) -> Any:
+        self.registration_error = request.error
+        if request.plugin_registered:
+            log.info("registered %s with %d devices", RESOURCE, len(self.ids))
+            self.registered.set()
+        else:
+            log.error("the kubelet refused the plugin: %s", request.error)
+        return M["RegistrationStatusResponse"]()
 
     async def options(self, request: Any, context: Any) -> Any:
         return M["DevicePluginOptions"]()
@@ -171,62 +220,41 @@ class Plugin:
     async def pre_start(self, request: Any, context: Any) -> Any:
         return M["PreStartContainerResponse"]()
 
-    async def register(self) -> None:
-        async with grpc.aio.insecure_channel(f"unix://{self.plugin_dir / KUBELET_SOCKET}") as ch:
-            call = ch.unary_unary(
-                f"/{API_VERSION}.Registration/Register",
-                request_serializer=M["RegisterRequest"].SerializeToString,
-                response_deserializer=M["Empty"].FromString,
-            )
-            req = M["RegisterRequest"](
-                version=API_VERSION, endpoint=PLUGIN_SOCKET, resource_name=RESOURCE
-            )
-            await call(req, timeout=10)
 
-
-async def serve(plugin_dir: Path, node: str, count: int, deadline_s: float = 120) -> None:
-    plugin = Plugin(plugin_dir, node, count)
+def prepare(registry_dir: Path, node: str, count: int) -> Plugin:
+    """The plugin, with its per-device files written and its socket path free."""
+    plugin = Plugin(registry_dir, node, count)
     plugin.files_dir.mkdir(parents=True, exist_ok=True)
     for dev in plugin.ids:
         (plugin.files_dir / dev).write_text(f"{dev}\n")
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
-    # The kubelet empties its device-plugins folder when it starts: open the plugin's socket
-    # only once the kubelet's own registration socket is there.
-    while not (plugin_dir / KUBELET_SOCKET).exists():
-        if loop.time() > end:
-            raise SystemExit(f"no kubelet socket in {plugin_dir} after {deadline_s:.0f}s")
-        await asyncio.sleep(0.2)  # poll interval of a wait with a deadline
-    sock = plugin_dir / PLUGIN_SOCKET
-    sock.unlink(missing_ok=True)
+    registry_dir.mkdir(parents=True, exist_ok=True)
+    plugin.socket.unlink(missing_ok=True)
+    return plugin
+
+
+async def serve(plugin: Plugin, stop: asyncio.Event | None = None) -> None:
+    """Serves until stop is set (by default: SIGTERM/SIGINT); the kubelet finds the socket in
+    its plugin registry folder."""
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers([plugin.handler()])
-    server.add_insecure_port(f"unix://{sock}")
+    server.add_generic_rpc_handlers(plugin.handlers())
+    server.add_insecure_port(f"unix://{plugin.socket}")
     await server.start()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    while True:
-        try:
-            await plugin.register()
-            log.info("registered %s with %d devices", RESOURCE, count)
-            break
-        except grpc.RpcError as exc:
-            if loop.time() > end:
-                raise SystemExit(f"kubelet registration failed: {exc}") from exc
-            await asyncio.sleep(0.5)  # poll interval of a wait with a deadline
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(grace=1)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.realnode.deviceplugin")
-    parser.add_argument("--plugin-dir", required=True, type=Path)
+    parser.add_argument("--registry-dir", required=True, type=Path)
     parser.add_argument("--node", required=True)
     parser.add_argument("--count", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(serve(args.plugin_dir, args.node, args.count))
+    asyncio.run(serve(prepare(args.registry_dir, args.node, args.count)))
     return 0
 
 

@@ -84,7 +84,7 @@ class RunningNode:
                     sys.executable,
                     "-m",
                     "e2e.realnode.deviceplugin",
-                    f"--plugin-dir={n.device_plugin_dir}",
+                    f"--registry-dir={n.plugin_registry_dir}",
                     f"--node={n.name}",
                     f"--count={REAL_GPUS}",
                 ],

@@ -125,7 +125,7 @@ class Operator:
     def ready_endpoints(self, name: str) -> list[str]:
         """Ready addresses in the model Service's EndpointSlices (what a gateway routes to)."""
         slices = self.items("endpointslices", f"kubernetes.io/service-name={name}")
-        out = []
+        out: list[str] = []
         for s in slices:
             for ep in s.get("endpoints") or []:
                 if (ep.get("conditions") or {}).get("ready"):
