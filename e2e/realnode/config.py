@@ -54,11 +54,6 @@ class RealNode:
         return self.root / "containerd.toml"
 
     @property
-    def netns_dir(self) -> Path:
-        """Where containerd mounts the pods' network namespaces (netns_mounts_under_state_dir)."""
-        return self.root / "containerd" / "state" / "netns"
-
-    @property
     def cni_conf_dir(self) -> Path:
         return self.root / "cni" / "net.d"
 

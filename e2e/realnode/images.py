@@ -23,7 +23,7 @@ from e2e.network import HarnessError
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BASE_REF = "localhost/shoal-e2e-base:bookworm"
+BASE_REF = "localhost/shoal-e2e-base:bookworm-slim"
 PAUSE_REF = "localhost/shoal-e2e-pause:1"
 RUNTIME_REPO = "localhost/shoal-e2e-runtime"
 # The operator's default image: nodes also know the runtime image by this name.
@@ -122,6 +122,17 @@ def ensure_base() -> None:
             ],
             "debootstrap of the base image",
         )
+        # Package caches, docs and locales are a third of the tree: every node imports it and
+        # every `down` deletes it, on a disk shared with everything else.
+        for sub in (
+            "var/cache/apt",
+            "var/lib/apt/lists",
+            "usr/share/doc",
+            "usr/share/man",
+            "usr/share/locale",
+            "usr/share/info",
+        ):
+            shutil.rmtree(root / sub, ignore_errors=True)
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         _run(["podman", "import", "-", BASE_REF], "podman import of the base", stdin=tar.stdout)
         tar.wait()

@@ -37,6 +37,7 @@ def node_ready(node: dict[str, Any] | None, gpu: bool) -> bool:
 class RealNodes:
     def __init__(self, slot: Slot, keys: Pki, bin_dir: Path, images: NodeImages) -> None:
         self.images = images
+        self._reported: set[str] = set()
         self.nodes = [
             RunningNode(n, bin_dir / "kubelet", keys, slot.log_dir) for n in real_nodes(slot)
         ]
@@ -44,8 +45,8 @@ class RealNodes:
     async def start(self, kube: Kube, deadline_s: float) -> dict[str, Any]:
         """Starts every node and waits for it; returns what the cluster's ready info says."""
         started = time.monotonic()
-        for n in self.nodes:
-            await asyncio.to_thread(n.start, self.images)
+        # Side by side: most of a start is the image import, which waits on the disk.
+        await asyncio.gather(*(asyncio.to_thread(n.start, self.images) for n in self.nodes))
         end = time.monotonic() + deadline_s
         pending = [n for n in self.nodes]
         while pending:
@@ -69,8 +70,10 @@ class RealNodes:
         }
 
     def check_alive(self) -> str | None:
+        """Names a component that died since the last call (each is reported once)."""
         for n in self.nodes:
-            if dead := n.check_alive():
+            if (dead := n.check_alive()) and dead not in self._reported:
+                self._reported.add(dead)
                 return dead
         return None
 
