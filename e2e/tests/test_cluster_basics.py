@@ -20,7 +20,9 @@ def test_kubectl_reports_the_pinned_version(k8s_cluster: Cluster) -> None:
 
 
 def test_nodes_two_cpu_two_gpu_all_ready(k8s_cluster: Cluster) -> None:
-    nodes = k8s_cluster.get_json("nodes")["items"]
+    """The process kubelet's nodes (real nodes, when the session runs them, are tainted so
+    that no pod lands there unless it asks: see test_realnode_pods.py)."""
+    nodes = k8s_cluster.get_json("nodes", "-l", "shoal.dev/e2e-node=true")["items"]
     by_name = {n["metadata"]["name"]: n for n in nodes}
     assert sorted(by_name) == ["cpu-0", "cpu-1", "gpu-0", "gpu-1"]
     for name, node in by_name.items():
