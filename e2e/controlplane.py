@@ -299,8 +299,13 @@ def processes_under(path: Path) -> list[int]:
 
 def kill_processes_under(path: Path) -> list[int]:
     """SIGKILLs the processes of a (crashed) run of the slot whose run dir is path."""
+    return kill_all(processes_under(path))
+
+
+def kill_all(pids: list[int]) -> list[int]:
+    """SIGKILLs each pid; returns those that still existed."""
     killed: list[int] = []
-    for pid in processes_under(path):
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)

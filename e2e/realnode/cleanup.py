@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 from pathlib import Path
+
+from e2e.controlplane import kill_all
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -49,11 +50,7 @@ def pod_processes(path: Path) -> list[int]:
 
 def remove(path: Path) -> list[str]:
     """Kills pod processes and unmounts everything under path; returns what it removed."""
-    removed: list[str] = []
-    for pid in pod_processes(path):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-            removed.append(f"container process {pid}")
+    removed = [f"container process {pid}" for pid in kill_all(pod_processes(path))]
     for target in mounts_under(path):
         # Lazy: a mount still referenced by a dying process goes once that process is gone.
         subprocess.run(["umount", "-l", target], capture_output=True, check=False)

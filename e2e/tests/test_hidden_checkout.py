@@ -3,6 +3,8 @@ lives under /tmp) must not hide the code the process kubelet runs pods from."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from e2e.cluster import Cluster
@@ -28,23 +30,26 @@ def _pod(name: str, read_only: bool) -> str:
     )
 
 
-def _terminated(cluster: Cluster, ns: str, name: str) -> dict[str, object] | None:
-    pod = cluster.get_json("pod", "-n", ns, name)
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        term = status.get("state", {}).get("terminated")
-        if term:
-            return dict(term)
-    return None
+def _run(cluster: Cluster, ns: str, name: str, read_only: bool) -> tuple[dict[str, Any], str]:
+    """Runs the pod to its end; returns its container's terminated state and its log."""
+    cluster.apply(ns, _pod(name, read_only))
+
+    def terminated() -> dict[str, Any] | None:
+        pod = cluster.get_json("pod", "-n", ns, name)
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            term = status.get("state", {}).get("terminated")
+            if term:
+                return dict(term)
+        return None
+
+    term = cluster.wait_for(terminated, 60, f"pod {name} to finish")
+    return term, cluster.pod_log(ns, name)
 
 
 def test_code_stays_visible_under_an_empty_dir_over_the_checkout(
     k8s_cluster: Cluster, k8s_namespace: str
 ) -> None:
-    k8s_cluster.apply(k8s_namespace, _pod("covered", read_only=False))
-    term = k8s_cluster.wait_for(
-        lambda: _terminated(k8s_cluster, k8s_namespace, "covered"), 60, "the pod to finish"
-    )
-    log = k8s_cluster.pod_log(k8s_namespace, "covered")
+    term, log = _run(k8s_cluster, k8s_namespace, "covered", read_only=False)
     assert term["exitCode"] == 0, log
     assert "code visible True" in log
 
@@ -52,11 +57,7 @@ def test_code_stays_visible_under_an_empty_dir_over_the_checkout(
 def test_a_read_only_volume_over_the_checkout_fails_naming_the_cause(
     k8s_cluster: Cluster, k8s_namespace: str
 ) -> None:
-    k8s_cluster.apply(k8s_namespace, _pod("ro", read_only=True))
-    term = k8s_cluster.wait_for(
-        lambda: _terminated(k8s_cluster, k8s_namespace, "ro"), 60, "the pod to fail"
-    )
-    log = k8s_cluster.pod_log(k8s_namespace, "ro")
+    term, log = _run(k8s_cluster, k8s_namespace, "ro", read_only=True)
     assert term["exitCode"] == 127
     assert "is hidden by one of the pod's volumes" in log
     assert str(REPO_ROOT) in log
