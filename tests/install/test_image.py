@@ -6,6 +6,7 @@ the local control plane."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +113,21 @@ def test_the_operator_in_the_image_reconciles_a_model_service(
         assert made is not None
         container = made["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
         assert container["image"] == DEFAULT_IMAGE
+
+
+def test_a_users_image_from_the_example_dockerfile_serves_its_own_code(
+    image: str, tmp_path: Path
+) -> None:
+    tag = "localhost/shoal-test-mymodels:latest"
+    build = subprocess.run(
+        [*podman.PODMAN, "build", *podman.LIMITS, "--build-arg", f"SHOAL_IMAGE={image}",
+         "-f", str(podman.ROOT / "examples" / "Dockerfile"), "-t", tag, str(podman.ROOT)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    args = ["serve", "mymodels.adder:Adder", "--host", "127.0.0.1", "--port", "0"]
+    with podman.container(tag, tmp_path, *args, "--port-file", "/tmp/port") as c:
+        url = f"http://127.0.0.1:{c.wait_port()}"
+        c.wait_ready(f"{url}/v2/health/ready")
+        r = httpx.post(f"{url}/v1/models/adder:predict", json={"instances": [1]}, timeout=30)
+        assert r.json() == {"predictions": [2]}

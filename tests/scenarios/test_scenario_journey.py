@@ -4,7 +4,8 @@
 GPU examples applied with kubectl -> Ready -> answers over V1 and V2 through a real ingress
 controller (Traefik, a host process on the cluster's API) with the generated token, 401 without
 -> `helm upgrade` with new tokens takes effect -> SIGKILL of the leading operator pod: the other
-takes over and reconciles a change -> `kubectl delete msvc` removes what the operator made ->
+takes over (once the dead leader's peering entry expires: up to kopf's 60 s lifetime) and
+reconciles a change -> `kubectl delete msvc` removes what the operator made ->
 `helm uninstall` leaves only the CRDs. The time from `helm install` to both models Ready is
 written to the cluster's log folder (journey-timings.json) and printed.
 """
@@ -187,5 +188,6 @@ def test_journey_from_helm_install_to_uninstall(
         d["metadata"]["name"] for d in crds
     }
 
+    timings["journey_total_s"] = round(time.monotonic() - t0, 1)
     (c.log_dir / "journey-timings.json").write_text(json.dumps(timings, indent=2))
     print("journey timings:", json.dumps(timings))
