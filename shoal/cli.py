@@ -30,10 +30,19 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every command fails in one line: a bad flag exits 2 with argparse's message; a taken
+    port or a file that cannot be read or written exits 2 with the cause (commands say more
+    where they know more); Ctrl-C exits 130 without a traceback."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(args_list).parse_args(args_list)
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
-    rc: int = module.run(args)
+    try:
+        rc: int = module.run(args)
+    except OSError as exc:
+        print(f"shoal {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return rc
 
 

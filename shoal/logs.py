@@ -52,3 +52,6 @@ def configure(log_format: str = "text", level: str = "INFO") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Python warnings (NumPy's RuntimeWarning on overflow, a library's DeprecationWarning) go
+    # through this handler too, as "py.warnings" records: one JSON line each, not raw stderr.
+    logging.captureWarnings(True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 from shoal import logs
 from shoal.runtime.lifecycle import Runtime
@@ -75,4 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     from shoal.runtime.uvicorn_runner import run as serve_run
 
-    return serve_run(settings, ask)
+    try:
+        return serve_run(settings, ask)
+    except OSError as exc:  # the port is taken
+        print(f"shoal demo: error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2

@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return serve_run(settings)
-    except OSError as exc:  # e.g. the port is taken
+    except OSError as exc:  # the port is taken, the port file cannot be written: usage, exit 2
         logger.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from shoal.runtime import handle as handle_mod
 from shoal.runtime.clock import Clock, LoopClock
 from shoal.runtime.dataplane import DataPlane
 from shoal.runtime.errors import Draining
+from shoal.runtime.ingress import check_servable
 from shoal.runtime.loading import LoadError, ModelSpec, instantiate
 from shoal.runtime.metrics import RuntimeMetrics
 from shoal.runtime.model import ServedModel
@@ -94,6 +95,7 @@ class Runtime:
             for spec in self.settings.models:
                 logger.info("loading model %r from %s", spec.name, spec.target)
                 obj, device = await loop.run_in_executor(loader, self._instantiate, spec)
+                check_servable(obj)
                 model = ServedModel(
                     spec.name,
                     obj,

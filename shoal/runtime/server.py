@@ -17,7 +17,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from shoal.runtime import handle as handle_mod
@@ -41,9 +41,9 @@ from shoal.runtime.routing import Route, RouteKind
 
 logger = logging.getLogger(__name__)
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _JSON = (b"content-type", b"application/json")
 _TEXT = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
@@ -377,7 +377,7 @@ def _closing(send: Send) -> Send:
     """While draining, close each connection after its response so no client reuses a
     keep-alive connection that is about to go away."""
 
-    async def wrapped(message: dict[str, Any]) -> None:
+    async def wrapped(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
         await send(message)
@@ -418,7 +418,7 @@ class _StatusRecorder:
         self._send = send
         self.status = 500  # an app that raises before answering gets our 500
 
-    async def __call__(self, message: dict[str, Any]) -> None:
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
         await self._send(message)

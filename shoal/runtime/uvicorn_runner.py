@@ -1,6 +1,6 @@
-"""Running the runtime on uvicorn (uvloop + httptools) on a socket we bind ourselves:
-SO_REUSEADDR (a restart need not wait out TIME_WAIT) and never SO_REUSEPORT (a second
-process cannot bind the port while the first holds it)."""
+"""Running the runtime on uvicorn (uvloop + httptools, behind the limits of http_guard.py) on a
+socket we bind ourselves: SO_REUSEADDR (a restart need not wait out TIME_WAIT) and never
+SO_REUSEPORT (a second process cannot bind the port while the first holds it)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
+from shoal.runtime.http_guard import Limits, protocol_with
 from shoal.runtime.lifecycle import Runtime
 from shoal.runtime.settings import ServeSettings
 
@@ -80,9 +82,16 @@ async def serve(
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     runtime = Runtime(settings)
+    limits = Limits(
+        max_header_bytes=settings.max_header_bytes,
+        max_header_count=settings.max_header_count,
+        head_timeout_s=settings.head_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=connection_cap(settings.max_connections),
+    )
     config = uvicorn.Config(
         runtime.app,
-        http="httptools",
+        http=protocol_with(limits),
         ws="none",
         lifespan="on",
         access_log=False,
@@ -90,7 +99,8 @@ async def serve(
         server_header=False,
         proxy_headers=False,  # no X-Forwarded-* rewriting middleware on the hot path
         date_header=False,
-        timeout_keep_alive=75,  # longer than typical client/gateway pool idle timeouts
+        # typed int, but uvicorn only hands it to loop.call_later, which takes any seconds
+        timeout_keep_alive=cast(int, settings.keep_alive_timeout_s),
         timeout_graceful_shutdown=2,  # our drain already waited for the work
         backlog=2048,
     )
@@ -114,6 +124,25 @@ async def serve(
         if waiter is not None and not waiter.done():
             waiter.cancel()
     return runtime.exit_code
+
+
+def connection_cap(wanted: int) -> int:
+    """`wanted`, but below the file descriptor limit (raised to the hard limit first), with a
+    reserve for the model's own files and the process's sockets: out of descriptors, accept()
+    fails and every client is locked out, not only the newest."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            logger.debug("could not raise the open file limit from %d", soft)
+    reserve = max(64, soft // 8)
+    cap = min(wanted, max(1, soft - reserve))
+    if cap < wanted:
+        logger.info("max_connections %d lowered to %d (open file limit %d)", wanted, cap, soft)
+    return cap
 
 
 def _write_port_file(path: str, port: int) -> None:

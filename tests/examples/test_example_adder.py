@@ -43,3 +43,26 @@ async def test_adder_over_v1_and_v2_with_the_batch_size_from_the_flag() -> None:
                 )
             )
             assert [a.json()["predictions"] for a in answers] == [[i + 1] for i in range(20)]
+
+
+async def test_rows_out_of_the_int64_range_are_400_and_fail_no_one_else() -> None:
+    big = 2**63 - 1  # + 1 used to wrap around to -2**63
+    with ServeProcess("examples.adder:Adder", cwd=ROOT) as proc:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as client:
+            bad_rows: list[object] = [big, -(2**64), "a", None, [1, 2], True]
+            bad = [
+                client.post("/v1/models/adder:predict", json={"instances": [row]})
+                for row in bad_rows
+            ]
+            good = [
+                client.post("/v1/models/adder:predict", json={"instances": [i]}) for i in range(6)
+            ]
+            answers = await asyncio.gather(*bad, *good)
+            fits = await client.post("/v1/models/adder:predict", json={"instances": [big - 1]})
+    for answer in answers[: len(bad_rows)]:
+        assert answer.status_code == 400, answer.text
+    assert "out of the int64 range" in answers[0].json()["error"]
+    assert "adder takes numbers, got 'a'" in answers[2].json()["error"]
+    good_answers = [a.json() for a in answers[len(bad_rows) :]]
+    assert good_answers == [{"predictions": [i + 1]} for i in range(6)]
+    assert fits.json() == {"predictions": [big]}  # the largest sum that fits is still answered

@@ -125,7 +125,7 @@ def test_port_is_held_until_exit_then_rebinds() -> None:
         second = ServeProcess(f"{MODELS}:Echo", cwd=ROOT, port=port)
         try:
             # a second process cannot bind the port while the first holds it (no SO_REUSEPORT)
-            with pytest.raises(RuntimeError, match="exited with 1"):
+            with pytest.raises(RuntimeError, match="exited with 2"):
                 second.start()
             assert "address already in use" in second.logs().lower()
         finally:
