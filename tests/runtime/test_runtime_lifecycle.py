@@ -93,6 +93,13 @@ async def test_sigterm_drains_under_load_and_loses_nothing() -> None:
         while outcomes.count("ok") < 40:  # under load: a queue is building
             await asyncio.sleep(0.01)
             assert not any(o.startswith("lost") for o in outcomes), outcomes
+        # On a busy machine the clients may all sit between requests: signal once the server
+        # itself reports a queue (its batches take 20 ms, so the queue is still there).
+        async with httpx.AsyncClient(base_url=proc.url, timeout=30) as probe:
+            while not re.search(
+                r'shoal_queue_depth\{model="slow"\} [1-9]', (await probe.get("/metrics")).text
+            ):
+                assert not any(o.startswith("lost") for o in outcomes), outcomes
         proc.signal(signal.SIGTERM)
         done, _ = await asyncio.wait(clients, timeout=30)
         assert len(done) == len(clients)
