@@ -42,7 +42,10 @@ def first_line(block: str) -> str:
 
 
 def is_cluster(block: str) -> bool:
-    return "e2e.cluster" in block
+    """Needs a Kubernetes cluster: the Use section's Kubernetes block (run by the e2e test
+    below) and the Install section's helm/kubectl steps (which
+    tests/scenarios/test_scenario_journey.py follows on the local control plane)."""
+    return any(word in block for word in ("e2e.cluster", "kubectl", "helm "))
 
 
 LOCAL = [b for b in blocks("bash") if not is_cluster(b) and first_line(b).split()[0] not in NOT_RUN]
@@ -103,7 +106,7 @@ def test_python_block_runs() -> None:
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_kubernetes_block_runs_as_written() -> None:
-    (block,) = [b for b in blocks("bash") if is_cluster(b)]
+    (block,) = [b for b in blocks("bash") if is_cluster(b) and "shoal operator" in b]
     done = run_block(block, timeout_s=840)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
