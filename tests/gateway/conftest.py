@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ import uvicorn
 from shoal.gateway.app import GatewayApp
 from shoal.gateway.clock import Clock
 from shoal.gateway.settings import GatewaySettings, StaticUpstream
+from shoal.runtime.testing import shoal_command
 from tests.gateway.manual_clock import ManualClock
 
 Scope = dict[str, Any]
@@ -226,3 +229,39 @@ async def gateway() -> AsyncIterator[GatewayFactory]:
     for gw in running:
         await gw.client.aclose()
         await gw.app.stop(grace_s=1.0)
+
+
+class GatewayProcess:
+    """`shoal gateway --host 127.0.0.1 --port 0 ARGS` as a real process; `port` once listening."""
+
+    def __init__(self, args: list[str], workdir: Path, preexec: Callable[[], None] | None = None):
+        self.port_file = workdir / "gateway.port"
+        self.log_file = workdir / "gateway.log"
+        argv = [*shoal_command(), "gateway", "--host", "127.0.0.1", "--port", "0"]
+        with open(self.log_file, "wb") as log:
+            self.proc = subprocess.Popen(
+                [*argv, "--port-file", str(self.port_file), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec,
+            )
+        self.port = 0
+
+    def logs(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    async def listening(self) -> int:
+        port_file, proc = self.port_file, self.proc
+        await wait_until(
+            lambda: (port_file.exists() and port_file.read_text() != "") or proc.poll() is not None,
+            timeout_s=60,
+            what="gateway to listen",
+        )
+        assert proc.poll() is None, self.logs()
+        self.port = int(port_file.read_text())
+        return self.port
+
+    async def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return await asyncio.to_thread(self.proc.wait, 30)

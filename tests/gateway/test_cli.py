@@ -13,48 +13,20 @@ import httpx
 import pytest
 
 from shoal.runtime.testing import shoal_command
-from tests.gateway.conftest import ReplicaFactory, wait_until
-
-
-def _spawn(args: list[str], log_file: Path) -> subprocess.Popen[bytes]:
-    with open(log_file, "wb") as log:
-        return subprocess.Popen(
-            [*shoal_command(), "gateway", *args], stdout=log, stderr=subprocess.STDOUT
-        )
+from tests.gateway.conftest import GatewayProcess, ReplicaFactory
 
 
 async def test_gateway_process_routes_holds_and_stops_on_sigterm(
     replicas: ReplicaFactory, tmp_path: Path
 ) -> None:
     rep = await replicas("a")
-    port_file = tmp_path / "port"
-    log_file = tmp_path / "log"
-    proc = _spawn(
-        [
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--upstream",
-            f"alpha={rep.url}",
-            "--model",
-            "cold",
-        ],
-        log_file,
-    )
+    gateway = GatewayProcess(["--upstream", f"alpha={rep.url}", "--model", "cold"], tmp_path)
+    proc = gateway.proc
     try:
-        await wait_until(
-            lambda: (port_file.exists() and port_file.read_text() != "") or proc.poll() is not None,
-            timeout_s=60,
-            what="gateway to listen",
-        )
-        assert proc.poll() is None, log_file.read_text()
-        url = f"http://127.0.0.1:{port_file.read_text()}"
+        url = f"http://127.0.0.1:{await gateway.listening()}"
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             resp = await client.post("/v1/models/alpha:predict", content=b"hello")
-            assert resp.status_code == 200, log_file.read_text()
+            assert resp.status_code == 200, gateway.logs()
             assert resp.json()["body"] == "hello"
             resp = await client.post(
                 "/v1/models/cold:predict", headers={"x-shoal-timeout-ms": "100"}
@@ -63,7 +35,7 @@ async def test_gateway_process_routes_holds_and_stops_on_sigterm(
             assert (await client.get("/v2/health/ready")).status_code == 200
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
-        assert code == 0, log_file.read_text()
+        assert code == 0, gateway.logs()
     finally:
         if proc.poll() is None:
             proc.kill()

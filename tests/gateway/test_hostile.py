@@ -10,16 +10,14 @@ import contextlib
 import os
 import re
 import resource
-import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
 from shoal.gateway.settings import HttpSettings
-from shoal.runtime.testing import shoal_command
-from tests.gateway.conftest import GatewayFactory, ReplicaFactory, wait_until
+from tests.gateway.conftest import GatewayFactory, GatewayProcess, ReplicaFactory, wait_until
 
 TOKENS = "tokens:\n  admin-token-1: '*'\n"
 AUTH = b"authorization: Bearer admin-token-1\r\n"
@@ -86,10 +84,20 @@ class Raw:
         self.writer.close()
 
 
+Connect = Callable[[int], Awaitable[Raw]]
+
+
 @pytest.fixture
-async def raws() -> AsyncIterator[list[Raw]]:
+async def connect() -> AsyncIterator[Connect]:
+    """`await connect(port)`: a Raw connection, closed after the test."""
     opened: list[Raw] = []
-    yield opened
+
+    async def make(port: int) -> Raw:
+        raw = await Raw.open(port)
+        opened.append(raw)
+        return raw
+
+    yield make
     for raw in opened:
         raw.close()
 
@@ -98,12 +106,11 @@ async def raws() -> AsyncIterator[list[Raw]]:
 
 
 async def test_unauthenticated_body_is_refused_on_its_head_and_never_continued(
-    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str, raws: list[Raw]
+    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str, connect: Connect
 ) -> None:
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]}, tokens_file=tokens_file)
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     await raw.send(
         b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 15000000\r\n"
         b"expect: 100-continue\r\n\r\n"
@@ -113,8 +120,7 @@ async def test_unauthenticated_body_is_refused_on_its_head_and_never_continued(
     assert headers[b"connection"] == b"close"
     assert b"missing bearer token" in body
     # Without Expect the head is judged as soon as it is in: the 15 MB are never awaited.
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     await raw.send(
         b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 15000000\r\n\r\n"
         + b"x" * 65536
@@ -126,12 +132,11 @@ async def test_unauthenticated_body_is_refused_on_its_head_and_never_continued(
 
 
 async def test_unknown_model_is_refused_on_its_head(
-    replicas: ReplicaFactory, gateway: GatewayFactory, raws: list[Raw]
+    replicas: ReplicaFactory, gateway: GatewayFactory, connect: Connect
 ) -> None:
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]})
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     await raw.send(
         b"POST /v1/models/other:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 15000000\r\n"
         b"expect: 100-continue\r\n\r\n"
@@ -142,12 +147,11 @@ async def test_unknown_model_is_refused_on_its_head(
 
 
 async def test_authorised_expect_continue_still_gets_100(
-    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str, raws: list[Raw]
+    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str, connect: Connect
 ) -> None:
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]}, tokens_file=tokens_file)
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     await raw.send(
         b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n"
         + AUTH
@@ -161,16 +165,15 @@ async def test_authorised_expect_continue_still_gets_100(
 
 
 async def test_total_buffered_bytes_are_capped_with_503(
-    replicas: ReplicaFactory, gateway: GatewayFactory, raws: list[Raw]
+    replicas: ReplicaFactory, gateway: GatewayFactory, connect: Connect
 ) -> None:
     rep = await replicas("a")
     gw = await gateway(
         {"m": [rep.url]}, http=HttpSettings(max_body_bytes=100_000, max_buffered_bytes=120_000)
     )
     head = b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 80000\r\n\r\n"
-    first = await Raw.open(gw.app.port)
-    second = await Raw.open(gw.app.port)
-    raws.extend((first, second))
+    first = await connect(gw.app.port)
+    second = await connect(gw.app.port)
     await first.send(head + b"a" * 40_000)
     await wait_until(lambda: gw.app.server.buffered_bytes >= 40_000, what="first body arriving")
     await second.send(head + b"b" * 40_000)
@@ -186,19 +189,17 @@ async def test_total_buffered_bytes_are_capped_with_503(
 
 
 async def test_connection_cap_answers_503_and_evicts_idle_connections_first(
-    replicas: ReplicaFactory, gateway: GatewayFactory, raws: list[Raw]
+    replicas: ReplicaFactory, gateway: GatewayFactory, connect: Connect
 ) -> None:
     rep = await replicas("a")
     rep.mode = "slow"
     gw = await gateway({"m": [rep.url]}, http=HttpSettings(max_connections=3))
     request = b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
-    busy = [await Raw.open(gw.app.port) for _ in range(3)]
-    raws.extend(busy)
+    busy = [await connect(gw.app.port) for _ in range(3)]
     for raw in busy:
         await raw.send(request)
     await wait_until(lambda: len(rep.seen) == 3, what="three requests at the replica")
-    extra = await Raw.open(gw.app.port)
-    raws.append(extra)
+    extra = await connect(gw.app.port)
     status, headers, _ = await extra.response()
     assert status == 503, "every connection is busy: no room"
     assert headers[b"retry-after"] == b"1"
@@ -207,8 +208,7 @@ async def test_connection_cap_answers_503_and_evicts_idle_connections_first(
     for raw in busy:
         assert (await raw.response())[0] == 200
     # Now all three are idle keep-alive connections: a newcomer pushes out the oldest.
-    newcomer = await Raw.open(gw.app.port)
-    raws.append(newcomer)
+    newcomer = await connect(gw.app.port)
     await newcomer.send(request)
     assert (await newcomer.response())[0] == 200
     assert await busy[0].closed(), "the longest idle connection made room"
@@ -218,13 +218,12 @@ async def test_connection_cap_answers_503_and_evicts_idle_connections_first(
 
 
 async def test_client_that_pipelines_and_never_reads_is_bounded(
-    replicas: ReplicaFactory, gateway: GatewayFactory, raws: list[Raw]
+    replicas: ReplicaFactory, gateway: GatewayFactory, connect: Connect
 ) -> None:
     rep = await replicas("a")
     rep.big_body = 16 * 1024  # small enough to arrive whole: written in one piece, not streamed
     gw = await gateway({"m": [rep.url]})
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     n = 512  # 8 MB of answers to a client that reads none of them
     raw.writer.write(
         b"GET /v1/models/m HTTP/1.1\r\nhost: x\r\n\r\n" * n
@@ -251,12 +250,11 @@ async def test_client_that_pipelines_and_never_reads_is_bounded(
 
 
 async def test_out_of_descriptors_is_the_gateways_503_and_ejects_no_replica(
-    replicas: ReplicaFactory, gateway: GatewayFactory, raws: list[Raw]
+    replicas: ReplicaFactory, gateway: GatewayFactory, connect: Connect
 ) -> None:
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]})
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     await wait_until(lambda: len(gw.app.server.connections) == 1, what="connection accepted")
     request = b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -287,18 +285,16 @@ async def test_out_of_descriptors_is_the_gateways_503_and_ejects_no_replica(
 
 
 async def test_trailers_are_dropped_and_never_authenticate(
-    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str, raws: list[Raw]
+    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str, connect: Connect
 ) -> None:
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]}, tokens_file=tokens_file)
     chunked = b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
     trailer = b"2\r\nhi\r\n0\r\nx-user: admin\r\nx-shoal-timeout-ms: 600000\r\n"
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     await raw.send(chunked + b"\r\n2\r\nhi\r\n0\r\n" + AUTH + b"\r\n")
     assert (await raw.response())[0] == 401, "a token in a trailer is no token"
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     await raw.send(chunked + AUTH + b"\r\n" + trailer + b"\r\n")
     assert (await raw.response())[0] == 200
     seen = rep.seen[-1].headers
@@ -311,11 +307,10 @@ async def test_trailers_are_dropped_and_never_authenticate(
 
 @pytest.mark.parametrize("rid", [b"\xff\xfe-bad", b"a b", b"x" * 500])
 async def test_unusable_request_id_is_replaced(
-    gateway: GatewayFactory, raws: list[Raw], rid: bytes
+    gateway: GatewayFactory, connect: Connect, rid: bytes
 ) -> None:
     gw = await gateway({"cold": []}, max_held_per_model=0)
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     await raw.send(
         b"POST /v1/models/cold:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n"
         b"x-request-id: " + rid + b"\r\n\r\n"
@@ -326,10 +321,9 @@ async def test_unusable_request_id_is_replaced(
     assert headers[b"x-request-id"].startswith(b"gw")
 
 
-async def test_good_request_id_is_kept(gateway: GatewayFactory, raws: list[Raw]) -> None:
+async def test_good_request_id_is_kept(gateway: GatewayFactory, connect: Connect) -> None:
     gw = await gateway({"cold": []}, max_held_per_model=0)
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     await raw.send(
         b"POST /v1/models/cold:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n"
         b"x-request-id: req-7_A.b:c\r\n\r\n"
@@ -366,12 +360,11 @@ async def test_metrics_need_a_token_or_the_metrics_port(
 
 
 async def test_token_hop_by_hop_and_spoofed_forwarding_headers_do_not_reach_the_replica(
-    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str, raws: list[Raw]
+    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str, connect: Connect
 ) -> None:
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]}, tokens_file=tokens_file)
-    raw = await Raw.open(gw.app.port)
-    raws.append(raw)
+    raw = await connect(gw.app.port)
     await raw.send(
         b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n"
         + AUTH
@@ -391,13 +384,12 @@ async def test_token_hop_by_hop_and_spoofed_forwarding_headers_do_not_reach_the_
 
 
 async def test_duplicate_authorization_is_refused(
-    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str, raws: list[Raw]
+    replicas: ReplicaFactory, gateway: GatewayFactory, tokens_file: str, connect: Connect
 ) -> None:
     rep = await replicas("a")
     gw = await gateway({"m": [rep.url]}, tokens_file=tokens_file)
     for path in (b"/v1/models/m:predict", b"/v1/models"):
-        raw = await Raw.open(gw.app.port)
-        raws.append(raw)
+        raw = await connect(gw.app.port)
         await raw.send(
             b"GET "
             + path
@@ -420,53 +412,29 @@ async def test_404_echo_is_bounded(replicas: ReplicaFactory, gateway: GatewayFac
         assert len(resp.content) < 400, len(resp.content)
 
 
-def _spawn_gateway(
-    args: list[str], log_file: Path, preexec: Callable[[], None]
-) -> subprocess.Popen[bytes]:
-    with open(log_file, "wb") as log:
-        return subprocess.Popen(
-            [*shoal_command(), "gateway", "--host", "127.0.0.1", "--port", "0", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=preexec,
-        )
-
-
 def _low_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
 
 
 async def test_idle_flood_under_a_low_fd_limit_does_not_lock_out_clients(
-    replicas: ReplicaFactory, tmp_path: Path, raws: list[Raw]
+    replicas: ReplicaFactory, tmp_path: Path, connect: Connect
 ) -> None:
     """`shoal gateway` started with 256 open files (hard limit 512), flooded by 700 idle
     connections: it raises its own limit, keeps descriptors for upstreams, and answers."""
     rep = await replicas("a")
-    port_file = tmp_path / "port"
-    log_file = tmp_path / "log"
-    proc = _spawn_gateway(
-        ["--port-file", str(port_file), "--upstream", f"m={rep.url}"], log_file, _low_fd_limit
-    )
+    gateway = GatewayProcess(["--upstream", f"m={rep.url}"], tmp_path, _low_fd_limit)
     try:
-        await wait_until(
-            lambda: (port_file.exists() and port_file.read_text() != "") or proc.poll() is not None,
-            timeout_s=60,
-            what="gateway to listen",
-        )
-        assert proc.poll() is None, log_file.read_text()
-        port = int(port_file.read_text())
-        limits = await asyncio.to_thread(Path(f"/proc/{proc.pid}/limits").read_text)
+        port = await gateway.listening()
+        limits = await asyncio.to_thread(Path(f"/proc/{gateway.proc.pid}/limits").read_text)
         assert re.search(r"Max open files\s+512\s+512", limits), "soft limit raised to hard"
         for _ in range(700):
-            raws.append(await Raw.open(port))
+            await connect(port)
         request = b"POST /v1/models/m:predict HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi"
         for _ in range(3):
-            client = await Raw.open(port)
-            raws.append(client)
+            client = await connect(port)
             await client.send(request)
             status, _, body = await client.response(timeout_s=30)
             assert status == 200, body
-        assert "Too many open files" not in log_file.read_text()
+        assert "Too many open files" not in gateway.logs()
     finally:
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 30)
+        await gateway.stop()
