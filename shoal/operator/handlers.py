@@ -102,22 +102,7 @@ class Reconciler:
         self.passes = 0
         """Completed reconcile passes (tests wait on it after a restart)."""
         self.autoscaler: Autoscaler | None = None
-        self._autoscaler_stop = asyncio.Event()
-        self._autoscaler_task: asyncio.Task[None] | None = None
-
-    def start_autoscaler(self, source: IndexSource) -> None:
-        """Run the autoscaler loop beside the reconciles (its own task; see autoscaler/)."""
-        if not self.settings.autoscaler.enabled or not isinstance(self._kube, Kube):
-            return
-        self.autoscaler = Autoscaler(self.settings.autoscaler, source, self._kube)
-        self._autoscaler_stop.clear()
-        self._autoscaler_task = asyncio.create_task(self.autoscaler.run(self._autoscaler_stop))
-
-    async def stop_autoscaler(self) -> None:
-        if self._autoscaler_task is not None:
-            self._autoscaler_stop.set()
-            await self._autoscaler_task
-            self._autoscaler_task = None
+        """The autoscaler loop, while the operator runs (see autoscaler/)."""
 
     @property
     def kube(self) -> KubeClient:
@@ -372,12 +357,16 @@ def register(
     @kopf.on.startup(registry=registry, id="startup")
     async def startup(**kwargs: Any) -> None:
         await rec.start()
-        # kopf passes every index to every handler, by id.
-        rec.start_autoscaler(IndexSource(kwargs["msvc_index"], kwargs["pod_index"]))
+        if settings.autoscaler.enabled and isinstance(rec.kube, Kube):
+            # kopf passes every index to every handler, by id.
+            source = IndexSource(kwargs["msvc_index"], kwargs["pod_index"])
+            rec.autoscaler = Autoscaler(settings.autoscaler, source, rec.kube)
+            rec.autoscaler.start()
 
     @kopf.on.cleanup(registry=registry, id="cleanup")
     async def cleanup(**_: Any) -> None:
-        await rec.stop_autoscaler()
+        if rec.autoscaler is not None:
+            await rec.autoscaler.stop()
         await rec.stop()
 
     @kopf.on.resume(*msvc, registry=registry, id="reconcile")

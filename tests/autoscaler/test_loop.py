@@ -277,13 +277,14 @@ async def test_the_loop_survives_an_api_that_refuses(servers: Servers) -> None:
     cache = Cache(msvc(1), [pod("r", r.port)])
     api = Api(cache, fail=True)
     loop = Autoscaler(AutoscalerSettings(interval_seconds=0.05), cache, api)
-    stopped = asyncio.Event()
-    task = asyncio.create_task(loop.run(stopped))
+    loop.start()
     await _until(lambda: r.hits >= 3)
     api.fail = False
     await _until(lambda: api.scales == [10])
-    stopped.set()
-    await asyncio.wait_for(task, 5)
+    await asyncio.wait_for(loop.stop(), 5)
+    hits = r.hits
+    await asyncio.sleep(0.2)
+    assert r.hits == hits, "stopped means stopped"
 
 
 def test_pods_become_replica_states() -> None:

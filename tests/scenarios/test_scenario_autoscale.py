@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +34,6 @@ import pytest
 
 from e2e.cluster import Cluster
 from shoal.operator.autoscaler.settings import AutoscalerSettings
-from shoal.runtime.testing import shoal_command
 from tests.operator.operator_harness import (
     Operator,
     install_crds,
@@ -43,6 +41,7 @@ from tests.operator.operator_harness import (
     operator_settings,
     running_operator,
 )
+from tests.scenarios.test_scenario_composition import _gateway_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -76,45 +75,14 @@ def spec(replicas: int, min_replicas: int, max_replicas: int = 4) -> dict[str, A
     }
 
 
-# -- the gateway ----------------------------------------------------------------------------
+# -- the gateway: `shoal gateway --kubernetes` on the bridge address, as in the composition
+# scenario (one helper for both) -----------------------------------------------------------
 
 
 @contextlib.contextmanager
 def gateway_process(cluster: Cluster, namespace: str, workdir: Path) -> Iterator[str]:
-    port_file, log_file = workdir / "gateway.port", workdir / "gateway.log"
-    cmd = [
-        *shoal_command(),
-        "gateway",
-        "--kubernetes",
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-        "--namespace",
-        namespace,
-        "--host",
-        cluster.host_ip,
-        "--port",
-        "0",
-        "--port-file",
-        str(port_file),
-    ]
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-
-        def listening() -> str | None:
-            assert proc.poll() is None, log_file.read_text(errors="replace")[-3000:]
-            text = port_file.read_text().strip() if port_file.exists() else ""
-            return text or None
-
-        port = cluster.wait_for(listening, 30, "the gateway's port file")
-        yield f"http://{cluster.host_ip}:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with _gateway_process(cluster, namespace, workdir) as (url, _proc, _log):
+        yield url
 
 
 # -- load: closed-loop clients through the gateway, every answer recorded -------------------

@@ -120,6 +120,8 @@ class Autoscaler:
         self._http = http
         self._own_http = http is None
         self._sem = asyncio.Semaphore(settings.max_concurrent_scrapes)
+        self._stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self.models: dict[Key, _Model] = {}
         self.decisions: list[tuple[Key, Decision]] = []
         self.observed: deque[tuple[Key, Observation, Decision]] = deque(maxlen=600)
@@ -145,6 +147,17 @@ class Autoscaler:
         if self._own_http and self._http is not None:
             await self._http.aclose()
             self._http = None
+
+    def start(self) -> None:
+        """Run the loop as a background task of the running event loop, until stop()."""
+        self._stopped = asyncio.Event()
+        self._task = asyncio.create_task(self.run(self._stopped))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._stopped.set()
+            await self._task
+            self._task = None
 
     async def run(self, stopped: asyncio.Event) -> None:
         """Tick until `stopped` is set; one tick's failure is logged, never fatal."""
