@@ -4,17 +4,21 @@ cannot show (image, security context, memory limit, SIGTERM from a real kubelet,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
+import subprocess
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from e2e.cluster import Cluster
 from e2e.fixtures import RealNodes
+from shoal.runtime.testing import shoal_command
 from tests.operator.operator_harness import (
     Load,
     Operator,
@@ -74,9 +78,30 @@ def _exec(op: Operator, pod: str, *argv: str, check: bool = True) -> Any:
     return op.kubectl("exec", pod, "--", *argv, check=check)
 
 
+@contextlib.contextmanager
+def gateway(cluster: Cluster, namespace: str, workdir: Path) -> Iterator[str]:
+    """`shoal gateway --kubernetes` on the host (the bridge address); yields its host:port."""
+    port_file, log_file = workdir / "gateway.port", workdir / "gateway.log"
+    argv = [*shoal_command(), "gateway", "--kubernetes", "--kubeconfig", str(cluster.kubeconfig)]
+    argv += ["--namespace", namespace, "--host", cluster.host_ip, "--port", "0"]
+    with log_file.open("wb") as log:
+        proc = subprocess.Popen([*argv, "--port-file", str(port_file)], stdout=log, stderr=log)
+    try:
+
+        def port() -> str | None:
+            assert proc.poll() is None, log_file.read_text(errors="replace")[-3000:]
+            return port_file.read_text().strip() if port_file.exists() else None
+
+        yield f"{cluster.host_ip}:{cluster.wait_for(port, 30, 'the gateway port file')}"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
 def infer_v1(ip: str, model: str, instances: list[int]) -> list[int]:
+    host = ip if ":" in ip else f"{ip}:8000"
     req = urllib.request.Request(
-        f"http://{ip}:8000/v1/models/{model}:predict",
+        f"http://{host}/v1/models/{model}:predict",
         data=json.dumps({"instances": instances}).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -90,7 +115,7 @@ def _time(stamp: str) -> datetime.datetime:
 
 
 def test_replicas_run_from_the_image_confined_and_drain_on_sigterm(
-    op: Operator, k8s_real_nodes: RealNodes
+    op: Operator, k8s_real_nodes: RealNodes, tmp_path: Path
 ) -> None:
     op.apply(manifest("adder", on_real_node(k8s_real_nodes, ADDER)))
     op.wait_condition("adder", "Ready", "True", "AllReplicasReady", timeout=240)
@@ -102,6 +127,19 @@ def test_replicas_run_from_the_image_confined_and_drain_on_sigterm(
         ip = p["status"]["podIP"]
         assert infer_v2(ip, "adder", [1, 2, 3]) == [2, 3, 4]
         assert infer_v1(ip, "adder", [5]) == [6]
+    # Through the gateway, which finds the replicas from the EndpointSlices like any others.
+    with gateway(op.cluster, op.namespace, tmp_path) as gw:
+        op.cluster.wait_for(
+            lambda: infer_v1(gw, "adder", [0]) == [1], 60, "the gateway to route to adder"
+        )
+        for _ in range(2 * len(pods)):
+            assert infer_v1(gw, "adder", [7, 8]) == [8, 9]
+        body = json.dumps(
+            {"inputs": [{"name": "x", "shape": [2], "datatype": "INT64", "data": [1, 2]}]}
+        ).encode()
+        req = urllib.request.Request(f"http://{gw}/v2/models/adder/infer", data=body)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert json.loads(resp.read())["outputs"][0]["data"] == [2, 3]
 
     # The operator's security context, enforced by runc.
     name = pods[0]["metadata"]["name"]
