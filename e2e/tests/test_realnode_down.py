@@ -3,6 +3,7 @@ supervisor crashed. Each test starts its own (second) cluster with real nodes in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from pathlib import Path
@@ -21,12 +22,14 @@ from e2e.tests.test_realnode_pods import confined_server, real_pod
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
-def _start_with_a_real_pod(session: Cluster, real: RealNodes) -> tuple[Cluster, list[int]]:
+def _start_with_a_real_pod(session: Cluster, session_real: RealNodes) -> tuple[Cluster, list[int]]:
     c = cluster_mod.start(
         follow_parent=True, bin_dir=session.bin_dir, timeout_s=300, real_nodes=True
     )
     assert c.real_nodes is not None
     assert "error" not in c.real_nodes, c.real_nodes
+    # Its own image: the session's cluster may be an older one (SHOAL_E2E_RUN_DIR).
+    real = dataclasses.replace(session_real, image=c.real_nodes["image"])
     c.apply("default", real_pod(real, "web", confined_server(real)))
     c.kubectl("wait", "-n", "default", "pod/web", "--for=condition=Ready", "--timeout=120s")
     pids = cleanup.pod_processes(c.run_dir)
