@@ -60,12 +60,20 @@ class Container:
     """A detached container on the host network (it binds loopback only), with a host folder as
     its /tmp (the pods' emptyDir) so that its --port-file can be read from here."""
 
-    def __init__(self, image: str, tmp: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        image: str,
+        tmp: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        volumes: dict[Path, str] | None = None,
+    ):
         self.name = f"shoal-test-{uuid.uuid4().hex[:10]}"
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
         os.chmod(tmp, 0o1777)
         envs = [f"--env={k}={v}" for k, v in (env or {}).items()]
+        envs += [f"--volume={host}:{where}:ro" for host, where in (volumes or {}).items()]
         cmd = [*PODMAN, "run", "--detach", "--rm", "--name", self.name, *LIMITS, *POD_SECURITY]
         cmd += ["--network", "host", "--volume", f"{tmp}:/tmp", *envs, image, *args]
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
@@ -118,9 +126,13 @@ class Container:
 
 @contextlib.contextmanager
 def container(
-    image: str, tmp: Path, *args: str, env: dict[str, str] | None = None
+    image: str,
+    tmp: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    volumes: dict[Path, str] | None = None,
 ) -> Iterator[Container]:
-    c = Container(image, tmp, *args, env=env)
+    c = Container(image, tmp, *args, env=env, volumes=volumes)
     try:
         yield c
     finally:

@@ -131,3 +131,22 @@ def test_a_users_image_from_the_example_dockerfile_serves_its_own_code(
         c.wait_ready(f"{url}/v2/health/ready")
         r = httpx.post(f"{url}/v1/models/adder:predict", json={"instances": [1]}, timeout=30)
         assert r.json() == {"predictions": [2]}
+
+
+def test_code_mounted_at_app_code_runs_without_a_new_image(image: str, tmp_path: Path) -> None:
+    """What a ConfigMap volume at /app/code gives a small model: its module on PYTHONPATH."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "tinymodel.py").write_text(
+        "class Doubler:\n    def __call__(self, row: int) -> int:\n        return 2 * row\n"
+    )
+    code.chmod(0o755)
+    args = ["serve", "tinymodel:Doubler", "--host", "127.0.0.1", "--port", "0"]
+    tmp = tmp_path / "tmp"
+    with podman.container(
+        image, tmp, *args, "--port-file", "/tmp/port", volumes={code: "/app/code"}
+    ) as c:
+        url = f"http://127.0.0.1:{c.wait_port()}"
+        c.wait_ready(f"{url}/v2/health/ready")
+        r = httpx.post(f"{url}/v1/models/doubler:predict", json={"instances": [21]}, timeout=30)
+        assert r.json() == {"predictions": [42]}
