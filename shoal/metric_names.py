@@ -6,6 +6,8 @@ from typing import Final
 QUEUE_DEPTH: Final = "shoal_queue_depth"
 INFLIGHT_REQUESTS: Final = "shoal_inflight_requests"
 BATCH_SIZE: Final = "shoal_batch_size"
+# Extra model calls spent isolating the bad rows of batches that raised (runtime/isolation.py).
+BATCH_RETRIES_TOTAL: Final = "shoal_batch_retries_total"
 REQUEST_DURATION_SECONDS: Final = "shoal_request_duration_seconds"
 REQUESTS_TOTAL: Final = "shoal_requests_total"
 # Gateway-side: requests held while a model has no ready replica (the scale-from-zero signal).

@@ -9,6 +9,8 @@
   batch slot is free, from the whole backlog (up to `max_batch_size`): under load, batches are
   as large as the backlog allows, and an item that has already waited `batch_wait_timeout_s`
   is never made to wait again.
+- A batch whose call raises is bisected to find the rows at fault (isolation.py), so a bad
+  row fails only its own request; `isolate_failures=False` turns that off.
 - Time comes from an injected `Clock`, so tests drive the timer without sleeping.
 """
 
@@ -23,7 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
+from shoal.runtime import isolation
 from shoal.runtime.clock import Clock, LoopClock, TimerHandle
+from shoal.runtime.context import current_request_id
 from shoal.runtime.errors import (
     ClientGone,
     InvalidInput,
@@ -34,6 +38,7 @@ from shoal.runtime.errors import (
     from_model,
 )
 from shoal.runtime.execution import call_sync
+from shoal.runtime.isolation import Isolated
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,9 @@ class BatchPolicy:
     """Batches that may run at once (each sync batch gets its own worker thread)."""
     max_queue_size: int | None = None
     """Most items waiting; one more is refused with QueueFull (HTTP 503). None: unbounded."""
+    isolate_failures: bool = True
+    """When a batch raises, call it again on halves to find the rows at fault (isolation.py);
+    off for batch functions whose side effects must not repeat."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int):
@@ -73,6 +81,8 @@ class BatchPolicy:
         mqs = self.max_queue_size
         if mqs is not None and (isinstance(mqs, bool) or not isinstance(mqs, int) or mqs < 1):
             raise ValueError(f"max_queue_size must be None or an int >= 1, got {mqs!r}")
+        if not isinstance(self.isolate_failures, bool):
+            raise TypeError(f"isolate_failures must be a bool, got {self.isolate_failures!r}")
 
     def with_overrides(self, **overrides: Any) -> BatchPolicy:
         """A copy with the non-None overrides applied (flags and env beat the decorator)."""
@@ -80,7 +90,7 @@ class BatchPolicy:
 
 
 class _Item:
-    __slots__ = ("enqueued_at", "future", "gone", "value")
+    __slots__ = ("enqueued_at", "future", "gone", "request_id", "value")
 
     def __init__(
         self,
@@ -88,11 +98,13 @@ class _Item:
         future: asyncio.Future[Any],
         enqueued_at: float,
         gone: Callable[[], bool] | None,
+        request_id: str | None,
     ) -> None:
         self.value = value
         self.future = future
         self.enqueued_at = enqueued_at
         self.gone = gone
+        self.request_id = request_id
 
 
 class Batcher(Generic[In, Out]):
@@ -110,13 +122,17 @@ class Batcher(Generic[In, Out]):
         clock: Clock | None = None,
         name: str = "",
         on_batch: Callable[[int], None] | None = None,
+        on_retry: Callable[[int], None] | None = None,
     ) -> None:
         self.fn = fn
         self.policy = policy
         self.name = name or getattr(fn, "__qualname__", repr(fn))
         self.is_async = inspect.iscoroutinefunction(fn) if is_async is None else is_async
         self.on_batch = on_batch
+        self.on_retry = on_retry
+        """Called with the extra calls spent isolating the rows of a failed batch."""
         self._clock = clock
+        self._isolation_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._queue: deque[_Item] = deque()
@@ -170,10 +186,11 @@ class Batcher(Generic[In, Out]):
                 f"{self.name}: queue is full ({len(queue)} waiting, limit {limit}); retry later"
             )
         now = self.clock.time()
+        rid = current_request_id.get()
         futures: list[asyncio.Future[Out]] = []
         for value in values:
             fut: asyncio.Future[Out] = loop.create_future()
-            queue.append(_Item(value, fut, now, gone))
+            queue.append(_Item(value, fut, now, gone, rid))
             futures.append(fut)
         self._maybe_dispatch()
         return futures
@@ -241,7 +258,7 @@ class Batcher(Generic[In, Out]):
                 thread_name_prefix=f"shoal-batch-{self.name}",
             )
         try:
-            work = self._executor.submit(call_sync, self.fn, values)
+            work = self._executor.submit(self._call_sync, values)
         except RuntimeError as exc:  # executor shut down
             self._finish(items, None, exc)
             return
@@ -251,6 +268,15 @@ class Batcher(Generic[In, Out]):
             loop.call_soon_threadsafe(self._sync_done, items, work)
 
         work.add_done_callback(done)
+
+    def _call_sync(self, values: list[Any]) -> Any:
+        """In the worker thread: the batch, and on failure the search for the rows at fault."""
+        try:
+            return call_sync(self.fn, values)
+        except Exception as exc:
+            if not self.policy.isolate_failures:
+                raise
+            return call_sync(isolation.run_sync, self.fn, values, exc, self.name)
 
     def _sync_done(self, items: list[_Item], work: Future[Any]) -> None:
         self._work.discard(work)
@@ -267,8 +293,19 @@ class Batcher(Generic[In, Out]):
             self._finish(items, None, ModelError(f"{self.name}: batch was cancelled"))
             raise
         except Exception as exc:
-            self._finish(items, None, exc)
-            return
+            if not self.policy.isolate_failures:
+                self._finish(items, None, exc)
+                return
+            try:
+                results = await isolation.run_async(
+                    self.fn,  # type: ignore[arg-type]
+                    values,
+                    exc,
+                    self.name,
+                )
+            except asyncio.CancelledError:
+                self._finish(items, None, ModelError(f"{self.name}: batch was cancelled"))
+                raise
         self._finish(items, results, None)
 
     def _finish(self, items: list[_Item], results: Any, error: BaseException | None) -> None:
@@ -276,18 +313,11 @@ class Batcher(Generic[In, Out]):
         try:
             if error is not None:
                 raise error
-            try:
-                n = len(results)
-            except TypeError:
-                raise ModelError(
-                    f"{self.name} returned {type(results).__name__}; a batched function must "
-                    f"return a list with one result per input"
-                ) from None
-            if n != len(items):
-                raise ModelError(
-                    f"{self.name} returned {n} results for a batch of {len(items)} inputs; "
-                    f"a batched function must return one result per input"
-                )
+            if type(results) is Isolated:
+                self._isolated(items, results)
+                results = results.results
+            else:
+                results = isolation.checked(results, len(items), self.name)
             for item, result in zip(items, results, strict=True):
                 if item.future.done():
                     continue
@@ -309,6 +339,35 @@ class Batcher(Generic[In, Out]):
             self._running -= 1
             if not self._closed:
                 self._maybe_dispatch()
+
+    def _isolated(self, items: list[_Item], outcome: Isolated) -> None:
+        """Count the extra calls; log the first isolation of this model with the request id of
+        the row at fault (later ones at debug: a client sending bad rows must not flood the
+        log; the metric counts them all)."""
+        if self.on_retry is not None:
+            self.on_retry(outcome.calls)
+        row = outcome.first_row
+        level = logging.DEBUG if self._isolation_logged else logging.WARNING
+        self._isolation_logged = True
+        if not logger.isEnabledFor(level):
+            return
+        if row is None:
+            found = "no single row failed on its own"
+        else:
+            bad = outcome.results[row]
+            found = f"first at fault: row {row}, {type(bad).__name__}: {bad}"
+        logger.log(
+            level,
+            "%s: a batch of %d rows raised %s: %s; %d extra call(s) to find the rows at "
+            "fault, %s",
+            self.name,
+            len(items),
+            type(outcome.first_error).__name__,
+            outcome.first_error,
+            outcome.calls,
+            found,
+            extra={"request_id": items[row].request_id if row is not None else None},
+        )
 
     async def aclose(self) -> None:
         """Stop taking items, fail what is queued, wait for running batches."""

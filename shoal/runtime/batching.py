@@ -17,6 +17,7 @@ __all__ = [
     "Batcher",
     "BoundBatched",
     "batch",
+    "batched_helpers",
     "find_batched",
     "gather_rows",
 ]
@@ -46,10 +47,11 @@ class BatchedFunction:
         policy: BatchPolicy | None = None,
         on_batch: Callable[[int], None] | None = None,
         clock: Clock | None = None,
+        on_retry: Callable[[int], None] | None = None,
     ) -> Batcher[Any, Any]:
         """The batcher of a plain function (instance None) or of one instance's method.
 
-        `policy`, `on_batch` and `clock` apply only when it is created here (the runtime
+        `policy`, `on_batch`, `on_retry` and `clock` apply only when it is created here (the runtime
         creates it first).
         """
         clock = clock or self.clock
@@ -62,6 +64,7 @@ class BatchedFunction:
                     clock=clock,
                     name=self.func.__qualname__,
                     on_batch=on_batch,
+                    on_retry=on_retry,
                 )
             return self._batcher
         existing: Batcher[Any, Any] | None = instance.__dict__.get(self._attr)
@@ -73,6 +76,7 @@ class BatchedFunction:
                 clock=clock,
                 name=self.func.__qualname__,
                 on_batch=on_batch,
+                on_retry=on_retry,
             )
             instance.__dict__[self._attr] = existing
         return existing
@@ -125,6 +129,7 @@ def batch(
     batch_wait_timeout_s: float = 0.01,
     max_concurrent_batches: int = 1,
     max_queue_size: int | None = None,
+    isolate_failures: bool = True,
     clock: Clock | None = None,
 ) -> Callable[[Callable[..., Any]], BatchedFunction]: ...
 def batch(
@@ -135,6 +140,7 @@ def batch(
     batch_wait_timeout_s: float = 0.01,
     max_concurrent_batches: int = 1,
     max_queue_size: int | None = None,
+    isolate_failures: bool = True,
     clock: Clock | None = None,
 ) -> BatchedFunction | Callable[[Callable[..., Any]], BatchedFunction]:
     """Batch calls to a function or method that takes a list of inputs and returns a list.
@@ -142,12 +148,18 @@ def batch(
     Callers pass ONE input and get ONE result. `async def` runs on the event loop (it must not
     block); plain `def` runs in a worker thread (under torch's inference mode when torch is
     loaded). `clock` is for tests. The runtime's flags and env override these values.
+
+    When a call raises, the batch is bisected to find the rows at fault, so only their requests
+    fail (a `ValueError`/`TypeError` from one row is its client's 400) and the others get
+    their answers; `isolate_failures=False` fails the whole batch instead (for a function with
+    side effects that must not repeat). See shoal/runtime/isolation.py for the bound.
     """
     policy = BatchPolicy(
         max_batch_size=max_batch_size,
         batch_wait_timeout_s=batch_wait_timeout_s,
         max_concurrent_batches=max_concurrent_batches,
         max_queue_size=max_queue_size,
+        isolate_failures=isolate_failures,
     )
 
     def decorate(func: Callable[..., Any]) -> BatchedFunction:
@@ -168,3 +180,16 @@ def find_batched(obj: object) -> tuple[BatchedFunction, object | None] | None:
         if isinstance(attr, BatchedFunction):
             return attr, obj
     return None
+
+
+def batched_helpers(obj: object) -> list[tuple[str, BatchedFunction]]:
+    """`@shoal.batch` methods of a model's class other than its entry point: Ray Serve's
+    tutorial shape, `async def __call__(self, x): return await self.handle_batch(x)`."""
+    if isinstance(obj, type) or inspect.isroutine(obj):
+        return []
+    found: dict[str, BatchedFunction] = {}
+    for klass in reversed(type(obj).__mro__):
+        for name, attr in vars(klass).items():
+            if isinstance(attr, BatchedFunction) and name not in ("__call__", "predict"):
+                found[name] = attr
+    return sorted(found.items())

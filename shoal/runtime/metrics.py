@@ -58,6 +58,8 @@ class RuntimeMetrics:
         # request count. `route` is a template ("/v1/models/{model}:predict"), never a raw path.
         self._requests: dict[tuple[str, str, str, int], _Histogram] = {}
         self._batches: dict[str, _Histogram] = {}
+        # model -> extra model calls spent finding the rows at fault in failed batches
+        self._retries: dict[str, int] = {}
         self.registry.register(_Collector(self))
         self._queue = Gauge(
             metric_names.QUEUE_DEPTH,
@@ -78,15 +80,10 @@ class RuntimeMetrics:
         self._queue.labels(model=model).set_function(queue_depth)
         self._inflight.labels(model=model).set_function(inflight)
 
-    def batch_observer(self, model: str) -> Callable[[int], None]:
+    def batch_observer(self, model: str) -> BatchObserver:
         hist = self._batches.setdefault(model, _Histogram(len(_BATCH_BUCKETS)))
-        counts = hist.counts
-
-        def observe(size: int) -> None:
-            counts[bisect_left(_BATCH_BUCKETS, size)] += 1
-            hist.total += size
-
-        return observe
+        self._retries.setdefault(model, 0)
+        return BatchObserver(self, model, hist)
 
     def observe_request(
         self, model: str, protocol: str, route: str, code: int, seconds: float
@@ -101,6 +98,27 @@ class RuntimeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BatchObserver:
+    """Called with each batch's size; `retried(calls)` counts the extra calls a failed batch
+    took to find its bad rows (one object, so a model gets both from `on_batch`)."""
+
+    __slots__ = ("_counts", "_hist", "_metrics", "_model")
+
+    def __init__(self, metrics: RuntimeMetrics, model: str, hist: _Histogram) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._hist = hist
+        self._counts = hist.counts
+
+    def __call__(self, size: int) -> None:
+        self._counts[bisect_left(_BATCH_BUCKETS, size)] += 1
+        self._hist.total += size
+
+    def retried(self, calls: int) -> None:
+        retries = self._metrics._retries
+        retries[self._model] = retries.get(self._model, 0) + calls
 
 
 class _Collector:
@@ -130,6 +148,14 @@ class _Collector:
         )
         for model, hist in self._metrics._batches.items():
             batch.add_metric([model], hist.buckets(_BATCH_LES), hist.total)
+        retries = CounterMetricFamily(
+            metric_names.BATCH_RETRIES_TOTAL,
+            "Extra model calls spent finding the rows at fault in batches that raised.",
+            labels=["model"],
+        )
+        for model, count in self._metrics._retries.items():
+            retries.add_metric([model], float(count))
         yield requests
         yield duration
         yield batch
+        yield retries

@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shoal.runtime.batch_queue import Batcher, BatchPolicy, gather_rows
-from shoal.runtime.batching import BatchedFunction, find_batched
+from shoal.runtime.batching import BatchedFunction, batched_helpers, find_batched
 from shoal.runtime.clock import Clock, LoopClock
 from shoal.runtime.deadlines import Deadlines
-from shoal.runtime.errors import ClientGone, QueueFull, from_model
+from shoal.runtime.errors import ClientGone, ModelError, QueueFull, from_model
 from shoal.runtime.execution import call_sync
 from shoal.runtime.ingress import find_ingress
+from shoal.runtime.loading import LoadError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class ServedModel:
         clock: Clock | None = None,
         device: str = "cpu",
         on_batch: Callable[[int], None] | None = None,
+        on_retry: Callable[[int], None] | None = None,
     ) -> None:
         self.name = name
         self.obj = obj
@@ -59,12 +61,15 @@ class ServedModel:
         self.inflight = 0
         self._clock = clock
         self._on_batch = on_batch
+        # metrics.BatchObserver carries both; a plain callable counts only batch sizes
+        self._on_retry = on_retry or getattr(on_batch, "retried", None)
         self.batcher: Batcher[Any, Any] | None = None
         self.policy: BatchPolicy | None = None
         self._executor: ThreadPoolExecutor | None = None
         # requests awaiting results, with their deadlines (grace-period expiry answers them)
         self._deadlines: Deadlines | None = None
         over = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self._overrides = dict(over)
         self.max_queue_size = over.get("max_queue_size", default_max_queue_size)
         found = find_batched(obj)
         if found is not None:
@@ -80,6 +85,20 @@ class ServedModel:
             self._batched = None
             self._fn = _entry_point(obj)
             self.is_async = inspect.iscoroutinefunction(self._fn)
+        # Batched helper methods awaited by the entry point (Ray Serve's tutorial shape): they
+        # get the runtime's knobs, metrics and clock too.
+        self._helpers = [] if found is not None else batched_helpers(obj)
+        self.helper_batchers: list[Batcher[Any, Any]] = []
+        if self._helpers:
+            if not self.is_async:
+                helper = self._helpers[0][0]
+                raise LoadError(
+                    f"model {name!r}: {type(obj).__name__}.{helper} is @shoal.batch, so it "
+                    f"must be awaited, but __call__ is a plain def (it would return a "
+                    f"coroutine). Write `async def __call__(self, row): return await "
+                    f"self.{helper}(row)`, or put @shoal.batch on __call__ itself"
+                )
+            self.policy = self._helpers[0][1].policy.with_overrides(**over)
         self.ingress = find_ingress(obj)
         self.inputs: list[dict[str, Any]] = list(getattr(obj, "inputs", None) or [])
         self.outputs: list[dict[str, Any]] = list(getattr(obj, "outputs", None) or [])
@@ -99,7 +118,19 @@ class ServedModel:
             batched, instance = self._batched
             batched.reset(instance)  # a batcher made before the runtime's knobs applied
             self.batcher = batched.batcher_for(
-                instance, self.policy, self._on_batch, clock=self._clock
+                instance, self.policy, self._on_batch, clock=self._clock, on_retry=self._on_retry
+            )
+        over = self._overrides
+        for _, helper in self._helpers:
+            helper.reset(self.obj)
+            self.helper_batchers.append(
+                helper.batcher_for(
+                    self.obj,
+                    helper.policy.with_overrides(**over),
+                    self._on_batch,
+                    clock=self._clock,
+                    on_retry=self._on_retry,
+                )
             )
         self.ready = True
 
@@ -107,6 +138,8 @@ class ServedModel:
         self.ready = False
         if self.batcher is not None:
             await self.batcher.aclose()
+        for batcher in self.helper_batchers:
+            await batcher.aclose()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
@@ -128,6 +161,8 @@ class ServedModel:
     def queue_depth(self) -> int:
         if self.batcher is not None:
             return self.batcher.queue_depth
+        if self.helper_batchers:
+            return sum(b.queue_depth for b in self.helper_batchers)
         return max(0, self.inflight - 1)
 
     # -- inference ------------------------------------------------------------------------
@@ -180,7 +215,10 @@ class ServedModel:
 
     async def _run_async(self, rows: Sequence[Any], reply: asyncio.Future[list[Any]]) -> None:
         try:
-            out = [await self._fn(row) for row in rows]
+            if self.helper_batchers and len(rows) > 1:  # let the helper batch the rows together
+                out = list(await asyncio.gather(*(self._fn(row) for row in rows)))
+            else:
+                out = [await self._fn(row) for row in rows]
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -199,7 +237,15 @@ class ServedModel:
         # Expired, or the client left, while waiting for the worker: skip the work.
         if reply.done() or (gone is not None and gone()):
             return None
-        return [call_sync(self._fn, row) for row in rows]
+        out = [call_sync(self._fn, row) for row in rows]
+        if out and inspect.iscoroutine(out[0]):
+            for c in out:
+                c.close()
+            raise ModelError(
+                f"{self.name}: {getattr(self._fn, '__qualname__', self._fn)} is a plain def but "
+                f"returned a coroutine; make it `async def` (and `await` what it calls)"
+            )
+        return out
 
 
 def _transfer(
