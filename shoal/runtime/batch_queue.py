@@ -358,8 +358,7 @@ class Batcher(Generic[In, Out]):
             found = f"first at fault: row {row}, {type(bad).__name__}: {bad}"
         logger.log(
             level,
-            "%s: a batch of %d rows raised %s: %s; %d extra call(s) to find the rows at "
-            "fault, %s",
+            "%s: a batch of %d rows raised %s: %s; %d extra call(s) to find the rows at fault, %s",
             self.name,
             len(items),
             type(outcome.first_error).__name__,

@@ -67,8 +67,19 @@ def parse_config_json(text: str, source: str) -> dict[str, Any]:
     return value
 
 
-def default_name(target: str) -> str:
-    """`examples.adder:Adder` -> `adder`; `IrisClassifier` -> `iris-classifier`."""
+def registry_name(uri: str | None) -> str | None:
+    """`models:/iris@champion` or `models:/iris/2` -> `iris`; None for other URIs."""
+    if not uri or not uri.startswith("models:/"):
+        return None
+    rest = uri[len("models:/") :].lstrip("/")
+    return rest.split("@", 1)[0].split("/", 1)[0] or None
+
+
+def default_name(target: str, uri: str | None = None) -> str:
+    """`examples.adder:Adder` -> `adder`; `IrisClassifier` -> `iris-classifier`; the MLflow
+    pyfunc served from `models:/iris@champion` -> `iris` (else `model`)."""
+    if target == MLFLOW_TARGET:
+        return registry_name(uri) or "model"
     attr = target.rpartition(":")[2].rpartition(".")[2] or Path(target).stem
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"-\1", attr).lower().replace("_", "-")
 
@@ -210,6 +221,8 @@ def instantiate(
         kwargs["device"] = device
     try:
         instance = target(**kwargs)
+    except LoadError:
+        raise  # the class said what is wrong (e.g. the MLflow store it was pointed at)
     except TypeError as exc:
         raise LoadError(
             f"model {spec.name!r}: {target.__name__}({_kw(kwargs)}) failed: {exc}"
@@ -228,13 +241,30 @@ def _kw(kwargs: dict[str, Any]) -> str:
 
 
 def place_on_device(instance: object, device: str) -> None:
-    """Move torch modules held by the model (itself or its attributes) to `device`, eval mode."""
+    """Move torch modules held by the model to `device` and put them in eval mode: the model
+    itself, its attributes, and modules inside dict/list/tuple/set attributes (nested), so a
+    `self.heads = {"a": Linear(...)}` does not keep dropout on."""
     torch = sys.modules.get("torch")
     if torch is None:
         return
-    modules = [instance] if isinstance(instance, torch.nn.Module) else []
-    attrs = getattr(instance, "__dict__", {})
-    modules += [v for v in attrs.values() if isinstance(v, torch.nn.Module)]
-    for module in modules:
+    for module in _modules(instance, torch.nn.Module):
         module.to(device)
         module.eval()
+
+
+def _modules(instance: object, module_type: type) -> list[Any]:
+    found: list[Any] = []
+    seen: set[int] = set()
+    todo: list[object] = [instance, *getattr(instance, "__dict__", {}).values()]
+    while todo:
+        value = todo.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, module_type):
+            found.append(value)  # its own submodules follow it in .to() and .eval()
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list | tuple | set | frozenset):
+            todo.extend(value)
+    return found

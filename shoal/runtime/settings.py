@@ -246,7 +246,7 @@ def _model_specs(args: argparse.Namespace, env: Mapping[str, str]) -> list[Model
     for name, target in entries:
         if name is None:
             name = (args.model_name or env.get("SHOAL_MODEL_NAME") or "") if single else ""
-            name = name or ("model" if target == MLFLOW_TARGET else default_name(target))
+            name = name or default_name(target, uri)
         if name in names:
             raise LoadError(f"two models are named {name!r}; use name=module:Class")
         names.add(name)

@@ -27,7 +27,7 @@ async def until(condition: Callable[[], bool], what: str = "the condition") -> N
     """Yield to the loop until `condition()` holds (a wait on state, with a deadline)."""
     try:
         async with asyncio.timeout(5):
-            while not condition():
+            while not condition():  # noqa: ASYNC110 (the batcher's state has no event)
                 await asyncio.sleep(0)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
@@ -200,7 +200,8 @@ class PicksOnNegatives:
 
 
 async def test_one_bad_row_fails_only_its_own_request() -> None:
-    clock, model, retries = FakeClock(), PicksOnNegatives(), []
+    clock, model = FakeClock(), PicksOnNegatives()
+    retries: list[int] = []
     b = make(model, clock, on_retry=retries.append, max_batch_size=8, batch_wait_timeout_s=0.01)
     futs = b.submit_many([1, 2, 3, -4, 5, 6, 7, 8])  # full: runs at once
     for f, want in zip(futs, [10, 20, 30, None, 50, 60, 70, 80], strict=True):
@@ -231,7 +232,8 @@ async def test_a_failure_that_does_not_recur_costs_two_calls_and_fails_nobody() 
 
 
 async def test_isolation_is_bounded_when_every_row_fails() -> None:
-    clock, model, retries = FakeClock(), PicksOnNegatives(RuntimeError), []
+    clock, model = FakeClock(), PicksOnNegatives(RuntimeError)
+    retries: list[int] = []
     b = make(model, clock, on_retry=retries.append, max_batch_size=16, batch_wait_timeout_s=0)
     futs = b.submit_many([-x - 1 for x in range(16)])
     outcomes = [await asyncio.gather(f, return_exceptions=True) for f in futs]
@@ -242,7 +244,8 @@ async def test_isolation_is_bounded_when_every_row_fails() -> None:
 
 
 async def test_a_wrong_result_length_is_not_bisected() -> None:
-    clock, calls = FakeClock(), []
+    clock = FakeClock()
+    calls: list[list[int]] = []
 
     async def short(items: list[int]) -> list[int]:
         calls.append(items)
@@ -259,7 +262,8 @@ async def test_a_wrong_result_length_is_not_bisected() -> None:
 
 
 async def test_sync_batches_are_isolated_in_their_worker_thread() -> None:
-    clock, model, retries = FakeClock(), PicksOnNegatives(TypeError), []
+    clock, model = FakeClock(), PicksOnNegatives(TypeError)
+    retries: list[int] = []
     b: Batcher[int, int] = Batcher(
         model.compute, BatchPolicy(max_batch_size=4), clock=clock, on_retry=retries.append
     )
@@ -343,7 +347,7 @@ async def test_methods_get_one_batcher_per_instance() -> None:
 
     m2, m3 = Model(2), Model(3)
     r = await asyncio.gather(m2(1), m2(2), m3(1), m3(2))
-    assert r == [2, 4, 3, 6]
+    assert list(r) == [2, 4, 3, 6]
     assert m2.batches == [[1, 2]]
     assert m3.batches == [[1, 2]]
 
@@ -355,7 +359,7 @@ async def test_plain_function_decorator() -> None:
     async def double(items: list[int]) -> list[int]:
         return [2 * x for x in items]
 
-    assert await asyncio.gather(double(1), double(2), double(3)) == [2, 4, 6]
+    assert list(await asyncio.gather(double(1), double(2), double(3))) == [2, 4, 6]
 
 
 async def test_deadline_drops_a_queued_request() -> None:

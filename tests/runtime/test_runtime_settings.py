@@ -127,7 +127,7 @@ def test_usage_errors_say_what_is_wrong(argv: list[str], env: dict[str, str], me
 
 def test_bare_mlflow_uri_serves_the_pyfunc() -> None:
     s = parse(["--model-uri", "models:/iris@champion"])
-    assert s.models == [ModelSpec("model", MLFLOW_TARGET, {}, "models:/iris@champion")]
+    assert s.models == [ModelSpec("iris", MLFLOW_TARGET, {}, "models:/iris@champion")]
 
 
 def test_default_names() -> None:

@@ -1,0 +1,67 @@
+"""One bad row among good ones, through a real `shoal serve` on loopback: the bad row's request
+gets its 400 and every request batched with it gets its answer (runtime/isolation.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shoal.runtime.testing import ServeProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+# One batch takes everything sent at once: the wait is long, the batch large.
+TOGETHER = ("--max-batch-size", "256", "--batch-wait-timeout-s", "0.5")
+
+
+def metric(text: str, name: str, model: str) -> float:
+    m = re.search(rf'^{name}\{{model="{model}"\}} (\S+)$', text, re.M)
+    assert m is not None, f"{name} for {model} not in /metrics"
+    return float(m.group(1))
+
+
+async def predict(client: httpx.AsyncClient, model: str, instances: list[Any]) -> httpx.Response:
+    return await client.post(f"/v1/models/{model}:predict", json={"instances": instances})
+
+
+async def test_bad_rows_to_the_adder_are_400_and_their_batch_mates_succeed() -> None:
+    bad: list[list[Any]] = [["a"], [None], [{"n": 1}]]
+    with ServeProcess("examples.adder:Adder", *TOGETHER, cwd=ROOT) as proc:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=60) as client:
+            good = [predict(client, "adder", [i]) for i in range(200)]
+            rogue = [predict(client, "adder", rows) for rows in bad]
+            answers = await asyncio.gather(*good[:100], *rogue, *good[100:])
+            metrics = (await client.get("/metrics")).text
+    innocent = answers[:100] + answers[103:]
+    assert [a.status_code for a in innocent] == [200] * 200
+    assert [a.json()["predictions"] for a in innocent] == [[i + 1] for i in range(200)]
+    for a in answers[100:103]:
+        assert a.status_code == 400, a.text
+        assert a.json()["error"].startswith("Adder.__call__: ")
+    # They did share batches (else nothing was isolated), and the search was counted.
+    batches = metric(metrics, "shoal_batch_size_count", "adder")
+    assert batches < 203 / 2
+    assert metric(metrics, "shoal_batch_retries_total", "adder") > 0
+
+
+async def test_one_bad_row_in_a_batch_of_n_gives_n_answers_and_one_400() -> None:
+    n = 15
+    wait = ("--batch-wait-timeout-s", "2")  # time for all 16 to arrive on a loaded machine
+    with ServeProcess("examples.adder:Adder", *TOGETHER, *wait, cwd=ROOT) as proc:
+        async with httpx.AsyncClient(base_url=proc.url, timeout=60) as client:
+            sent = [predict(client, "adder", [i]) for i in range(n)]
+            sent.insert(7, predict(client, "adder", ["seven"]))
+            answers = await asyncio.gather(*sent)
+            metrics = (await client.get("/metrics")).text
+        logs = proc.logs()
+    codes = [a.status_code for a in answers]
+    assert codes == [200] * 7 + [400] + [200] * (n - 7)
+    # All n + 1 rows went in one batch: one batch of 16 in the histogram
+    assert metric(metrics, "shoal_batch_size_count", "adder") == 1
+    assert metric(metrics, "shoal_batch_size_sum", "adder") == n + 1
+    # 16 rows, one bad: two calls a level for log2(16) levels
+    assert metric(metrics, "shoal_batch_retries_total", "adder") == 8
+    assert "a batch of 16 rows raised UFuncTypeError" in logs, logs
