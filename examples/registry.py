@@ -19,9 +19,16 @@ from collections.abc import Sequence
 
 
 def register(
-    tracking_uri: str, name: str = "iris-registry", alias: str = "champion", max_iter: int = 1000
+    tracking_uri: str,
+    name: str = "iris-registry",
+    alias: str = "champion",
+    max_iter: int = 1000,
+    label_shift: int = 0,
 ) -> str:
-    """Train, log, register and alias a scikit-learn iris classifier; returns its version."""
+    """Train, log, register and alias a scikit-learn iris classifier; returns its version.
+
+    `label_shift` trains on the species numbers rotated by that much (0: the real labels), so
+    a demo or a test can tell two versions apart by their answers."""
     import mlflow
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
@@ -31,7 +38,8 @@ def register(
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     data = load_iris()
-    model = LogisticRegression(max_iter=max_iter).fit(data.data, data.target)
+    labels = (data.target + label_shift) % 3
+    model = LogisticRegression(max_iter=max_iter).fit(data.data, labels)
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
     version = str(info.registered_model_version)
@@ -44,8 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--name", default="iris-registry")
     parser.add_argument("--alias", default="champion")
+    parser.add_argument(
+        "--label-shift", type=int, default=0, help="rotate the labels (tells versions apart)"
+    )
     args = parser.parse_args(argv)
-    version = register(args.tracking_uri, args.name, args.alias)
+    version = register(args.tracking_uri, args.name, args.alias, label_shift=args.label_shift)
     print(f"registered {args.name} version {version} as @{args.alias}")
     return 0
 

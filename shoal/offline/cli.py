@@ -1,6 +1,7 @@
 """`shoal batch-predict`: the serving model class over a dataset file, written to parquet.
 
-Local Ray is started (and stopped) by the command unless RAY_ADDRESS names a cluster.
+Local Ray is started (and stopped) by the command unless RAY_ADDRESS names a cluster; see
+docs/batch-predict.md for clusters with token auth and the ports a local Ray opens.
 """
 
 from __future__ import annotations
@@ -35,7 +36,22 @@ from shoal.runtime.loading import (
 logger = logging.getLogger(__name__)
 
 
+EPILOG = """\
+output: a parquet folder with the input columns, then `prediction` (null for failed rows) and
+`error` (null, or "ExceptionType: message" for a row the model failed on; the exit code is 3
+when any row failed). A dict result becomes a struct column, equal-length numeric arrays a
+fixed-size list column. A batch whose call raises is bisected to find the rows at fault, as
+`shoal serve` does; --fail-fast stops at the first failure instead.
+
+cluster: RAY_ADDRESS=ray://head:10001 (or an address Ray accepts) runs on that cluster; with
+Ray's token auth set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH). Without
+RAY_ADDRESS a local Ray is started on this machine and stopped at the end.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "target",
         nargs="?",
@@ -55,8 +71,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-uri", default=None)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--input-columns", default=None, help="comma-separated; default: all")
-    parser.add_argument("--row-format", choices=get_args(RowFormat), default="auto")
-    parser.add_argument("--batch-format", choices=get_args(BatchFormat), default="pandas")
+    parser.add_argument(
+        "--row-format",
+        choices=get_args(RowFormat),
+        default="auto",
+        help="what one row is for a @shoal.batch model: `value` (the one input column's "
+        "value), `list` (the input columns' values in order, like a V1 instance), `dict` "
+        "(column -> value, like a V1 instance for a model with named inputs); `auto` (default): "
+        "`value` for one input column, else `list`. Online clients that send objects need "
+        "`dict` here to give the model the same rows",
+    )
+    parser.add_argument(
+        "--batch-format",
+        choices=get_args(BatchFormat),
+        default="pandas",
+        help="what a plain __call__(batch) (no @shoal.batch) receives: a pandas DataFrame "
+        "(default) or a dict of numpy arrays, as Ray Data's map_batches gives them",
+    )
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failed row")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 

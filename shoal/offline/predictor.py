@@ -6,7 +6,10 @@ Two model shapes are supported, the same ones `shoal serve` takes:
 - a plain `__call__(batch)` over a pandas DataFrame or a dict of numpy arrays, Ray Data style.
 
 A row whose model call fails gets its message in the error column instead of a prediction;
-with `fail_fast` the first failure stops the run. Nothing is dropped silently.
+with `fail_fast` the first failure stops the run. Nothing is dropped silently. A batch whose
+call raises is bisected to find the rows at fault: the same rule and code as `shoal serve`
+(shoal/runtime/isolation.py), and the same opt-out (`@shoal.batch(isolate_failures=False)`:
+every row of the batch gets the batch's error).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from shoal.offline.columns import RowFormat, error_array, prediction_array, rows_from_table
+from shoal.runtime import isolation
 from shoal.runtime.batching import BatchedFunction
 from shoal.runtime.execution import call_sync
 from shoal.runtime.loading import ModelSpec, instantiate
@@ -74,35 +78,32 @@ class Predictor:
 
     # -- @shoal.batch models: a list of rows in, a list of results out ----------------------
 
-    def _call_batched(self, fn: BatchedFunction, rows: list[Any]) -> list[Any]:
+    def _call_batched(self, fn: BatchedFunction, rows: list[Any]) -> Any:
         call: Callable[[list[Any]], Any]
         call = fn.func if self._fn is None else self._fn
         if fn.is_async:
             if self._loop is None:
                 self._loop = asyncio.new_event_loop()
-            results = self._loop.run_until_complete(call(rows))
-        else:
-            results = call_sync(call, rows)
-        results = list(results)
-        if len(results) != len(rows):
-            raise ValueError(f"the model returned {len(results)} results for {len(rows)} inputs")
-        return results
+            return self._loop.run_until_complete(call(rows))
+        return call_sync(call, rows)
 
     def _predict_rows(self, table: pa.Table, fn: BatchedFunction) -> pa.Table:
         columns = list(self.options.input_columns or table.column_names)
         rows = rows_from_table(table, columns, self.options.row_format)
+        name = fn.func.__qualname__
+
+        def call(batch: list[Any]) -> Any:
+            return self._call_batched(fn, batch)
+
         try:
-            results = self._call_batched(fn, rows)
+            results = isolation.checked(call(rows), len(rows), name)
         except Exception as exc:
             if self.options.fail_fast:
                 raise RowError(f"model failed on a batch of {len(rows)} rows: {exc}") from exc
-            # Isolate the bad rows: one call per row, so only they are marked failed.
-            results = []
-            for row in rows:
-                try:
-                    results.extend(self._call_batched(fn, [row]))
-                except Exception as row_exc:
-                    results.append(row_exc)
+            if fn.policy.isolate_failures:
+                results = isolation.run_sync(call, rows, exc, name).results
+            else:
+                results = [exc] * len(rows)
         failed = [isinstance(r, BaseException) for r in results]
         errors: list[str | None] = [None] * len(results)
         for i, result in enumerate(results):
@@ -139,18 +140,22 @@ class Predictor:
         except Exception as exc:
             if self.options.fail_fast:
                 raise RowError(f"model failed on a batch of {len(frame)} rows: {exc}") from exc
+            error = exc
+
+        def call(positions: list[int]) -> list[pa.Table]:
+            part = frame.iloc[positions[0] : positions[-1] + 1].reset_index(drop=True)
+            out = call_sync(self._call_plain, part)
+            return [out.slice(i, 1) for i in range(out.num_rows)]
+
+        found = isolation.run_sync(call, list(range(len(frame))), error, type(self.model).__name__)
         parts = []
-        for i in range(len(frame)):
-            one = frame.iloc[i : i + 1].reset_index(drop=True)
-            try:
-                parts.append(call_sync(self._call_plain, one))
-            except Exception as row_exc:
-                bad = pa.Table.from_pandas(one, preserve_index=False)
-                parts.append(
-                    bad.append_column(
-                        self.options.error_column, error_array([_error_text(row_exc)])
-                    )
+        for i, part in enumerate(found.results):
+            if isinstance(part, BaseException):
+                bad = pa.Table.from_pandas(frame.iloc[i : i + 1], preserve_index=False)
+                part = bad.append_column(
+                    self.options.error_column, error_array([_error_text(part)])
                 )
+            parts.append(part)
         return pa.concat_tables(parts, promote_options="permissive")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import httpx
@@ -21,8 +22,20 @@ OTHERS = [
 ]
 
 
+def batches(metrics: str) -> tuple[float, float]:
+    """(batches run, rows in them) of the summariser, from /metrics."""
+    count = re.search(r'shoal_batch_size_count\{model="summariser"\} (\S+)', metrics)
+    total = re.search(r'shoal_batch_size_sum\{model="summariser"\} (\S+)', metrics)
+    assert count is not None, metrics
+    assert total is not None, metrics
+    return float(count.group(1)), float(total.group(1))
+
+
 async def test_summaries_are_short_extractive_and_deterministic() -> None:
-    with ServeProcess("summariser=examples.summariser:Summariser", cwd=ROOT) as proc:
+    # A batch closes when it holds 3 rows or 2 s after its first: the 3 concurrent requests
+    # below fill one batch, however slowly a loaded machine delivers them.
+    knobs = ("--max-batch-size", "3", "--batch-wait-timeout-s", "2")
+    with ServeProcess("summariser=examples.summariser:Summariser", *knobs, cwd=ROOT) as proc:
         async with httpx.AsyncClient(base_url=proc.url, timeout=60) as client:
             r = await client.post("/v1/models/summariser:predict", json={"instances": [TEXT]})
             assert r.status_code == 200, r.text
@@ -30,6 +43,7 @@ async def test_summaries_are_short_extractive_and_deterministic() -> None:
             assert summary == "council approved budget public schools teacher salaries classroom"
 
             # Concurrent requests are batched together and give the same answers as alone.
+            assert batches((await client.get("/metrics")).text) == (1.0, 1.0)
             alone = [
                 (
                     await client.post("/v1/models/summariser:predict", json={"instances": [t]})
@@ -43,6 +57,8 @@ async def test_summaries_are_short_extractive_and_deterministic() -> None:
                 )
             )
             assert [t.json()["predictions"][0] for t in together] == alone
+            # four batches of one so far, then the three requests sent together: ONE batch
+            assert batches((await client.get("/metrics")).text) == (5.0, 7.0)
             for text, s in zip(OTHERS, alone, strict=True):
                 assert 0 < len(s.split()) <= 8
                 assert all(w in text for w in s.split())
@@ -50,5 +66,3 @@ async def test_summaries_are_short_extractive_and_deterministic() -> None:
             body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [TEXT]}]}
             r = await client.post("/v2/models/summariser/infer", json=body)
             assert r.json()["outputs"][0]["data"] == [summary]
-            batch = await client.get("/metrics")
-            assert 'shoal_batch_size_count{model="summariser"}' in batch.text

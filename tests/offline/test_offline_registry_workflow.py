@@ -1,6 +1,7 @@
 """The registry workflow end to end, as examples/registry.py documents it: train and register
-with an alias in a local MLflow file store, serve by alias, batch-predict by alias, and check
-both against the registered model loaded directly."""
+with an alias in a local MLflow file store, serve by alias, move the alias to a version that
+answers differently and serve again, batch-predict by alias, and check each against the
+registered version loaded directly."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OFFLINE = {"MLFLOW_ALLOW_FILE_STORE": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-@pytest.mark.timeout(420)  # three MLflow imports and a Ray start on two shared cores
+@pytest.mark.timeout(600)  # four MLflow imports and a Ray start on two shared cores
 def test_register_serve_and_batch_predict_by_alias(tmp_path: Path) -> None:
     import mlflow
     import mlflow.pyfunc
@@ -43,26 +44,42 @@ def test_register_serve_and_batch_predict_by_alias(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "registered iris-registry version 1 as @champion" in proc.stdout
-    # A second version moves the alias: serving and batch must follow it to version 2.
-    os.environ.update(OFFLINE)
-    try:
-        assert register(tracking, max_iter=5) == "2"
-        mlflow.set_tracking_uri(tracking)
-        direct = mlflow.pyfunc.load_model("models:/iris-registry/2")
-    finally:
-        mlflow.set_tracking_uri("")
     iris = load_iris()
     features = iris.data.tolist()
-    expected = [int(v) for v in direct.predict(iris.data)]
-
     env = {**OFFLINE, "MLFLOW_TRACKING_URI": tracking}
     uri = "models:/iris-registry@champion"
-    with ServeProcess("--model-uri", uri, "--model-name", "iris", cwd=ROOT, env=env) as server:
-        r = httpx.post(
-            f"{server.url}/v1/models/iris:predict", json={"instances": features[:20]}, timeout=30
-        )
-        assert r.status_code == 200, r.text
-        assert r.json()["predictions"] == expected[:20]
+
+    def served() -> list[int]:
+        with ServeProcess("--model-uri", uri, "--model-name", "iris", cwd=ROOT, env=env) as s:
+            r = httpx.post(
+                f"{s.url}/v1/models/iris:predict", json={"instances": features[::5]}, timeout=30
+            )
+            assert r.status_code == 200, r.text
+            answer: list[int] = r.json()["predictions"]
+            return answer
+
+    saved = {k: os.environ.get(k) for k in [*OFFLINE, "MLFLOW_TRACKING_URI"]}
+    os.environ.update(OFFLINE)
+    try:
+        mlflow.set_tracking_uri(tracking)
+        first = [
+            int(v) for v in mlflow.pyfunc.load_model("models:/iris-registry/1").predict(iris.data)
+        ]
+        assert served() == first[::5]
+        # Version 2 answers differently (labels rotated); moving the alias must show it.
+        assert register(tracking, label_shift=1) == "2"
+        direct = mlflow.pyfunc.load_model("models:/iris-registry/2")
+        expected = [int(v) for v in direct.predict(iris.data)]
+    finally:
+        mlflow.set_tracking_uri("")
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert expected != first
+    assert sum(a != b for a, b in zip(expected, first, strict=True)) > 100  # most rows
+    assert served() == expected[::5]
 
     src = tmp_path / "iris.csv"
     pd.DataFrame(iris.data, columns=[f"x{i}" for i in range(4)]).assign(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import shoal
@@ -28,6 +30,16 @@ class Declared:
         return [float(sum(r)) for r in rows]
 
 
+def wait_for_gate(gate_dir: str, token: str, timeout_s: float = 60.0) -> None:
+    """Block until the gate file exists; a gate that never opens is a failure, not a pass."""
+    path = os.path.join(gate_dir, token)
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"gate {token!r} did not open within {timeout_s:.0f} s")
+        time.sleep(0.005)
+
+
 class Gated:
     """Unbatched, sync: a row names a gate; the call blocks until that gate file exists.
 
@@ -37,10 +49,7 @@ class Gated:
         self.gate_dir = gate_dir
 
     def __call__(self, token: str) -> str:
-        path = os.path.join(self.gate_dir, token)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for_gate(self.gate_dir, token)
         return f"passed {token}"
 
 
@@ -93,8 +102,55 @@ class GatedBatched:
         (token,) = tokens
         with open(os.path.join(self.gate_dir, "seen"), "a") as f:
             f.write(token + "\n")
-        path = os.path.join(self.gate_dir, token)
-        deadline = time.monotonic() + 60
-        while not os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for_gate(self.gate_dir, token)
         return [f"passed {token}"]
+
+
+class HelperBatched:
+    """Ray Serve's tutorial shape: `__call__` awaits a batched helper method."""
+
+    @shoal.batch(max_batch_size=8, batch_wait_timeout_s=0.5)
+    async def handle_batch(self, rows: list[int]) -> list[int]:
+        return [r * 2 for r in rows]
+
+    async def __call__(self, row: int) -> int:
+        answer: int = await self.handle_batch(row)
+        return answer
+
+
+class SyncCallsHelper:
+    """A plain-def `__call__` over a batched helper: it could only return a coroutine."""
+
+    @shoal.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def handle_batch(self, rows: list[int]) -> list[int]:
+        return rows
+
+    def __call__(self, row: int) -> Any:
+        return self.handle_batch(row)
+
+
+class ReturnsCoroutine:
+    """A plain-def `__call__` that returns a coroutine (a forgotten `async`)."""
+
+    def __call__(self, row: int) -> Coroutine[Any, Any, int]:
+        async def later() -> int:
+            await asyncio.sleep(0)
+            return row
+
+        return later()
+
+
+class HeldModules:
+    """Torch modules inside a dict and a list: each must be in eval mode when served."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.heads: dict[str, Any] = {"a": torch.nn.Dropout(0.5), "b": [torch.nn.Dropout(0.5)]}
+        self.layers: list[Any] = [torch.nn.Linear(2, 2), (torch.nn.Dropout(0.5),)]
+
+    def _modules(self) -> list[Any]:
+        return [self.heads["a"], self.heads["b"][0], self.layers[0], self.layers[1][0]]
+
+    def __call__(self, row: Any) -> list[bool]:
+        return [m.training for m in self._modules()]

@@ -90,10 +90,11 @@ async def test_remote_handle_carries_the_remaining_deadline(
         with pytest.raises(handle_mod.RemoteError) as info:
             await h("never-opened")
         assert info.value.status == 504
-        # The callee (default timeout 30 s) applied OUR budget: it got x-shoal-timeout-ms.
+        # The callee (default timeout 30 s) applied OUR budget: it got x-shoal-timeout-ms,
+        # at most the 300 ms we had (how much less depends on the machine, so not asserted).
         m = re.search(r"no answer within (\d+) ms", info.value.message)
         assert m is not None, info.value.message
-        assert 100 < int(m.group(1)) <= 300
+        assert int(m.group(1)) <= 300
     finally:
         (gates / "never-opened").touch()
         await h.aclose()

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 
 import shoal
 from shoal.runtime.loading import LoadError, ModelSpec, instantiate, resolve_device
 from shoal.runtime.model import ServedModel
+from shoal.runtime.testing import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,3 +107,10 @@ def test_device_resolution() -> None:
     else:
         with pytest.raises(LoadError, match="no CUDA device is available"):
             resolve_device("cuda")
+
+
+def test_modules_inside_dict_and_list_attributes_are_served_in_eval_mode() -> None:
+    with ServeProcess("m=tests/runtime/sample_models.py:HeldModules", cwd=ROOT) as proc:
+        r = httpx.post(f"{proc.url}/v1/models/m:predict", json={"instances": [0]}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [[False, False, False, False]]}  # dropout off in each

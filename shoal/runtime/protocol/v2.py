@@ -137,83 +137,111 @@ def _from_binary(name: str, datatype: str, raw: bytes, count: int) -> np.ndarray
 def parse_infer(
     body: bytes, header_length: int | None, declared: dict[str, dict[str, Any]]
 ) -> InferRequest:
-    if header_length is not None:
-        if header_length < 0 or header_length > len(body):
-            raise _fail(f"Inference-Header-Content-Length {header_length} exceeds the body")
-        head, binary = body[:header_length], memoryview(body)[header_length:]
-    else:
-        head, binary = body, memoryview(b"")
+    """An infer request's body (JSON, or JSON then binary tensors) -> rows and output choices.
+    `declared`: the model's inputs by name (empty: any input is taken)."""
+    head, binary = _split_body(body, header_length)
     req = loads_object(head, "V2 infer")
-    inputs = req.get("inputs")
+    arrays, n_rows = _parse_inputs(req.get("inputs"), binary, declared)
+    names, binary_out = _parse_outputs(req)
+    rid = req.get("id")
+    return InferRequest(
+        str(rid) if rid is not None else None, _rows(arrays, n_rows), names, binary_out
+    )
+
+
+def _split_body(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
+    """(JSON head, binary tail) per the `Inference-Header-Content-Length` header."""
+    if header_length is None:
+        return body, memoryview(b"")
+    if header_length < 0 or header_length > len(body):
+        raise _fail(f"Inference-Header-Content-Length {header_length} exceeds the body")
+    return body[:header_length], memoryview(body)[header_length:]
+
+
+def _parse_inputs(
+    inputs: Any, binary: memoryview, declared: dict[str, dict[str, Any]]
+) -> tuple[dict[str, np.ndarray[Any, Any]], int]:
+    """Every input tensor as an array of its shape, and the row count they share."""
     if not isinstance(inputs, list) or not inputs:
         raise _fail('the body needs a non-empty "inputs" list')
-    declared_by_name = declared
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     n_rows: int | None = None
     offset = 0
     for i, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict):
-            raise _fail(f"inputs[{i}] must be an object")
-        name = tensor.get("name")
-        if not isinstance(name, str) or not name:
-            raise _fail(f"inputs[{i}] needs a string name")
+        name, arr, offset = _parse_tensor(i, tensor, binary, offset, declared)
         if name in arrays:
             raise _fail(f"input {name!r} given twice")
-        datatype = tensor.get("datatype")
-        if not isinstance(datatype, str) or datatype not in DTYPES:
-            raise _fail(
-                f"input {name!r}: unknown datatype {datatype!r}; "
-                f"expected one of {', '.join(DTYPES)}"
-            )
-        shape = _check_shape(name, tensor.get("shape"))
-        if declared_by_name:
-            _check_declared(name, datatype, shape, declared_by_name)
-        count = math.prod(shape)
-        params = tensor.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
-        if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise _fail(f"input {name!r}: binary_data_size {size!r} runs past the body")
-            arr = _from_binary(name, datatype, bytes(binary[offset : offset + size]), count)
-            offset += size
-        elif "data" in tensor:
-            arr = _from_json_data(name, datatype, tensor["data"], count)
-        else:
-            raise _fail(f"input {name!r} has no data")
-        arrays[name] = arr.reshape(shape)
+        arrays[name] = arr
         if n_rows is None:
-            n_rows = shape[0]
-        elif shape[0] != n_rows:
-            raise _fail(f"input {name!r}: {shape[0]} rows, but other inputs have {n_rows}")
-    if declared_by_name and len(arrays) < len(declared_by_name):
-        missing = [
-            n
-            for n in declared_by_name
-            if n not in arrays and not declared_by_name[n].get("optional")
-        ]
-        if missing:
-            raise _fail(f"missing input(s) {', '.join(map(repr, missing))}")
+            n_rows = arr.shape[0]
+        elif arr.shape[0] != n_rows:
+            raise _fail(f"input {name!r}: {arr.shape[0]} rows, but other inputs have {n_rows}")
+    if declared and len(arrays) < len(declared):
+        _check_missing(arrays, declared)
     if not n_rows:
         raise _fail("inputs have 0 rows")
-    rows = _rows(arrays, n_rows)
+    return arrays, n_rows
+
+
+def _parse_tensor(
+    i: int, tensor: Any, binary: memoryview, offset: int, declared: dict[str, dict[str, Any]]
+) -> tuple[str, np.ndarray[Any, Any], int]:
+    """One input: (name, array, offset of the next binary tensor)."""
+    if not isinstance(tensor, dict):
+        raise _fail(f"inputs[{i}] must be an object")
+    name = tensor.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(f"inputs[{i}] needs a string name")
+    datatype = tensor.get("datatype")
+    if not isinstance(datatype, str) or datatype not in DTYPES:
+        raise _fail(
+            f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DTYPES)}"
+        )
+    shape = _check_shape(name, tensor.get("shape"))
+    if declared:
+        _check_declared(name, datatype, shape, declared)
+    count = math.prod(shape)
+    params = tensor.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise _fail(f"input {name!r}: binary_data_size {size!r} runs past the body")
+        arr = _from_binary(name, datatype, bytes(binary[offset : offset + size]), count)
+        offset += size
+    elif "data" in tensor:
+        arr = _from_json_data(name, datatype, tensor["data"], count)
+    else:
+        raise _fail(f"input {name!r} has no data")
+    return name, arr.reshape(shape), offset
+
+
+def _check_missing(
+    arrays: dict[str, np.ndarray[Any, Any]], declared: dict[str, dict[str, Any]]
+) -> None:
+    missing = [n for n in declared if n not in arrays and not declared[n].get("optional")]
+    if missing:
+        raise _fail(f"missing input(s) {', '.join(map(repr, missing))}")
+
+
+def _parse_outputs(req: dict[str, Any]) -> tuple[list[str] | None, set[str] | bool]:
+    """(requested output names or None for all, which outputs come back binary)."""
     params = req.get("parameters") or {}
-    outputs_req = req.get("outputs")
-    names: list[str] | None = None
     binary_out: set[str] | bool = bool(
         isinstance(params, dict) and params.get("binary_data_output")
     )
-    if outputs_req is not None:
-        if not isinstance(outputs_req, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs_req
-        ):
-            raise _fail('"outputs" must be a list of objects with a name')
-        names = [o["name"] for o in outputs_req]
-        if binary_out is False:
-            binary_out = {
-                o["name"] for o in outputs_req if (o.get("parameters") or {}).get("binary_data")
-            }
-    rid = req.get("id")
-    return InferRequest(str(rid) if rid is not None else None, rows, names, binary_out)
+    outputs_req = req.get("outputs")
+    if outputs_req is None:
+        return None, binary_out
+    if not isinstance(outputs_req, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs_req
+    ):
+        raise _fail('"outputs" must be a list of objects with a name')
+    names = [o["name"] for o in outputs_req]
+    if binary_out is False:
+        binary_out = {
+            o["name"] for o in outputs_req if (o.get("parameters") or {}).get("binary_data")
+        }
+    return names, binary_out
 
 
 def _check_declared(
