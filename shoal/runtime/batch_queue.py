@@ -98,7 +98,7 @@ class _Item:
         future: asyncio.Future[Any],
         enqueued_at: float,
         gone: Callable[[], bool] | None,
-        request_id: str | None,
+        request_id: bytes | None,
     ) -> None:
         self.value = value
         self.future = future
@@ -365,7 +365,7 @@ class Batcher(Generic[In, Out]):
             outcome.first_error,
             outcome.calls,
             found,
-            extra={"request_id": items[row].request_id if row is not None else None},
+            extra={"request_id": _text(items[row].request_id) if row is not None else None},
         )
 
     async def aclose(self) -> None:
@@ -389,6 +389,10 @@ class Batcher(Generic[In, Out]):
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+
+def _text(rid: bytes | None) -> str | None:
+    return rid.decode(errors="replace") if rid is not None else None
 
 
 async def gather_rows(futures: Sequence[asyncio.Future[Out]]) -> list[Out]:

@@ -7,4 +7,5 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-current_request_id: ContextVar[str | None] = ContextVar("shoal_request_id", default=None)
+current_request_id: ContextVar[bytes | None] = ContextVar("shoal_request_id", default=None)
+"""As it came in `x-request-id` (or generated); bytes: decoded only when a log line needs it."""

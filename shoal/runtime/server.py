@@ -22,6 +22,7 @@ from typing import Any
 
 from shoal.runtime import handle as handle_mod
 from shoal.runtime import routing
+from shoal.runtime.context import current_request_id
 from shoal.runtime.dataplane import DataPlane
 from shoal.runtime.errors import (
     DeadlineExceeded,
@@ -222,7 +223,7 @@ class ShoalApp:
         json_len = _int_header(req.header_len, "inference-header-content-length")
         parsed = v2.parse_infer(body, json_len, model.inputs_by_name)
         deadline = self._deadline(model, req.timeout_ms)
-        results = await self._infer(model, parsed.rows, deadline, req.receive)
+        results = await self._infer(model, parsed.rows, deadline, req.receive, req.rid)
         out, out_json_len = v2.encode_infer(name, parsed, results, model.default_output)
         if out_json_len is None:
             await _respond(req.send, 200, out, req.rid)
@@ -255,7 +256,7 @@ class ShoalApp:
         model = self.plane.model(route.model)
         rows = v1.parse_predict(body)
         deadline = self._deadline(model, req.timeout_ms)
-        results = await self._infer(model, rows, deadline, req.receive)
+        results = await self._infer(model, rows, deadline, req.receive, req.rid)
         await _respond(req.send, 200, v1.encode_predict(results), req.rid)
         return 200
 
@@ -266,9 +267,10 @@ class ShoalApp:
 
     # -- shared steps ----------------------------------------------------------------------
     async def _infer(
-        self, model: ServedModel, rows: list[Any], deadline: float, receive: Receive
+        self, model: ServedModel, rows: list[Any], deadline: float, receive: Receive, rid: bytes
     ) -> list[Any]:
         handle_mod.current_deadline.set(deadline)
+        current_request_id.set(rid)  # the batch queue logs a failed row with its request id
         return await self.plane.infer(model.name, rows, deadline, _disconnected(receive))
 
     def _deadline(self, model: ServedModel, timeout_ms: bytes | None) -> float:

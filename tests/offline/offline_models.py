@@ -53,3 +53,45 @@ class PlainFrame:
 class PlainNumpy:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {"a": batch["a"], "y": batch["a"] + batch["b"]}
+
+
+class Picky:
+    """Batched, vectorised: the whole call raises when any row is negative (as numpy and
+    scikit-learn do); records the size of every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    @shoal.batch(max_batch_size=64)
+    def __call__(self, rows: list[float]) -> list[float]:
+        self.calls.append(len(rows))
+        if any(r < 0 for r in rows):
+            raise ValueError("negative input")
+        return [2 * r for r in rows]
+
+
+class PickyNoRetry:
+    """The same, opting out of isolation: a failed batch fails every row."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    @shoal.batch(max_batch_size=64, isolate_failures=False)
+    def __call__(self, rows: list[float]) -> list[float]:
+        self.calls.append(len(rows))
+        if any(r < 0 for r in rows):
+            raise ValueError("negative input")
+        return [2 * r for r in rows]
+
+
+class PickyFrame:
+    """A plain Ray-style model that raises for the whole batch when any `a` is negative."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        self.calls.append(len(batch))
+        if (batch["a"] < 0).any():
+            raise ValueError("negative a")
+        return batch.assign(y=batch["a"] * 2)

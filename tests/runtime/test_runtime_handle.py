@@ -48,7 +48,7 @@ async def test_gathered_local_handles_run_in_parallel(local_models: asyncio.Barr
     left, right = shoal.handle("left"), shoal.handle("right")
     # Sequential calls would wait forever at the barrier; parallel ones meet there.
     result = await asyncio.wait_for(asyncio.gather(left(1), right(2)), timeout=10)
-    assert result == ["left:1", "right:2"]
+    assert list(result) == ["left:1", "right:2"]
 
 
 async def test_unknown_model_without_gateway_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,7 +74,7 @@ async def test_remote_handle_calls_the_gateway_url(remote: tuple[ServeProcess, P
     proc, _ = remote
     h = shoal.handle("echo", gateway_url=proc.url)
     try:
-        assert await asyncio.gather(h([1, 2]), h("x")) == [[1, 2], "x"]
+        assert list(await asyncio.gather(h([1, 2]), h("x"))) == [[1, 2], "x"]
     finally:
         await h.aclose()
 

@@ -23,8 +23,13 @@ def metric(text: str, name: str, model: str) -> float:
     return float(m.group(1))
 
 
-async def predict(client: httpx.AsyncClient, model: str, instances: list[Any]) -> httpx.Response:
-    return await client.post(f"/v1/models/{model}:predict", json={"instances": instances})
+async def predict(
+    client: httpx.AsyncClient, model: str, instances: list[Any], rid: str | None = None
+) -> httpx.Response:
+    headers = {"x-request-id": rid} if rid else {}
+    return await client.post(
+        f"/v1/models/{model}:predict", json={"instances": instances}, headers=headers
+    )
 
 
 async def test_bad_rows_to_the_adder_are_400_and_their_batch_mates_succeed() -> None:
@@ -53,7 +58,7 @@ async def test_one_bad_row_in_a_batch_of_n_gives_n_answers_and_one_400() -> None
     with ServeProcess("examples.adder:Adder", *TOGETHER, *wait, cwd=ROOT) as proc:
         async with httpx.AsyncClient(base_url=proc.url, timeout=60) as client:
             sent = [predict(client, "adder", [i]) for i in range(n)]
-            sent.insert(7, predict(client, "adder", ["seven"]))
+            sent.insert(7, predict(client, "adder", ["seven"], rid="the-bad-row"))
             answers = await asyncio.gather(*sent)
             metrics = (await client.get("/metrics")).text
         logs = proc.logs()
@@ -64,4 +69,7 @@ async def test_one_bad_row_in_a_batch_of_n_gives_n_answers_and_one_400() -> None
     assert metric(metrics, "shoal_batch_size_sum", "adder") == n + 1
     # 16 rows, one bad: two calls a level for log2(16) levels
     assert metric(metrics, "shoal_batch_retries_total", "adder") == 8
-    assert "a batch of 16 rows raised UFuncTypeError" in logs, logs
+    # the first isolation is logged, naming the request of the row at fault
+    line = next(ln for ln in logs.splitlines() if "a batch of 16 rows raised" in ln)
+    assert "UFuncTypeError" in line
+    assert line.endswith("[request_id=the-bad-row]"), line
