@@ -30,6 +30,7 @@ def register(
     `label_shift` trains on the species numbers rotated by that much (0: the real labels), so
     a demo or a test can tell two versions apart by their answers."""
     import mlflow
+    import sklearn
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
@@ -41,7 +42,13 @@ def register(
     labels = (data.target + label_shift) % 3
     model = LogisticRegression(max_iter=max_iter).fit(data.data, labels)
     with mlflow.start_run():
-        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name)
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            registered_model_name=name,
+            # stated, not inferred (MLflow would import the model again in a subprocess)
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+        )
     version = str(info.registered_model_version)
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
     return version

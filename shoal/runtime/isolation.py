@@ -16,8 +16,8 @@ but latency. Turn it off for a batch function with side effects that must not re
 writes somewhere, counts, or calls a non-idempotent service).
 
 The algorithm is a generator that asks for calls (`yield (start, stop)`) and is sent each
-call's results or exception; `run_sync` and `run_async` drive it, so the thread-pool path, the
-event-loop path and the offline predictor share the same code.
+call's results or exception; `_Drive` runs it and `run_sync`/`run_async` only make the calls,
+so the thread-pool path, the event-loop path and the offline predictor share the same code.
 """
 
 from __future__ import annotations
@@ -97,35 +97,72 @@ def bisect(n: int, error: Exception, name: str, budget: int | None = None) -> Pl
     return out
 
 
-def _first_row(results: list[Any], shared: set[int]) -> int | None:
-    for i, r in enumerate(results):
-        if isinstance(r, BaseException) and id(r) not in shared:
-            return i
-    return None
+class _Drive:
+    """Runs a `bisect` plan: iterate for the next (start, stop) to call, `got()` each answer."""
 
+    def __init__(self, values: list[Any], error: Exception, name: str) -> None:
+        self.values = values
+        self.error = error
+        self.name = name
+        self.calls = 0
+        self._plan = bisect(len(values), error, name)
+        self._next: tuple[int, int] | None = None
+        self._results: list[Any] = []
+        self._advance(None)
 
-def _outcome(results: list[Any], calls: int, error: Exception) -> Isolated:
-    shared = {id(r) for r in results if isinstance(r, ModelError)}
-    return Isolated(results, calls, error, _first_row(results, shared))
+    def _advance(self, got: list[Any] | Exception | None) -> None:
+        try:
+            self._next = next(self._plan) if got is None else self._plan.send(got)
+        except StopIteration as done:
+            self._next = None
+            self._results = done.value
+
+    def __iter__(self) -> _Drive:
+        return self
+
+    def __next__(self) -> list[Any]:
+        if self._next is None:
+            raise StopIteration
+        self.calls += 1
+        a, b = self._next
+        return self.values[a:b]
+
+    def got(self, results: Any) -> None:
+        """The answer to the last call: its results, or the exception it raised."""
+        if not isinstance(results, Exception):
+            assert self._next is not None
+            a, b = self._next
+            try:
+                results = checked(results, b - a, self.name)
+            except ModelError as exc:
+                results = exc
+        self._advance(results)
+
+    def outcome(self) -> Isolated:
+        results = self._results
+        shared = {id(r) for r in results if isinstance(r, ModelError)}
+        first = next(
+            (
+                i
+                for i, r in enumerate(results)
+                if isinstance(r, BaseException) and id(r) not in shared
+            ),
+            None,
+        )
+        return Isolated(results, self.calls, self.error, first)
 
 
 def run_sync(
     call: Callable[[list[Any]], Any], values: list[Any], error: Exception, name: str
 ) -> Isolated:
     """Isolate the failing rows of `values` (whose call raised `error`) with sync calls."""
-    plan = bisect(len(values), error, name)
-    calls = 0
-    try:
-        a, b = next(plan)
-        while True:
-            calls += 1
-            try:
-                got: list[Any] | Exception = checked(call(values[a:b]), b - a, name)
-            except Exception as exc:
-                got = exc
-            a, b = plan.send(got)
-    except StopIteration as done:
-        return _outcome(done.value, calls, error)
+    drive = _Drive(values, error, name)
+    for part in drive:
+        try:
+            drive.got(call(part))
+        except Exception as exc:
+            drive.got(exc)
+    return drive.outcome()
 
 
 async def run_async(
@@ -135,16 +172,10 @@ async def run_async(
     name: str,
 ) -> Isolated:
     """The same with an async batch function (awaited on the loop)."""
-    plan = bisect(len(values), error, name)
-    calls = 0
-    try:
-        a, b = next(plan)
-        while True:
-            calls += 1
-            try:
-                got: list[Any] | Exception = checked(await call(values[a:b]), b - a, name)
-            except Exception as exc:
-                got = exc
-            a, b = plan.send(got)
-    except StopIteration as done:
-        return _outcome(done.value, calls, error)
+    drive = _Drive(values, error, name)
+    for part in drive:
+        try:
+            drive.got(await call(part))
+        except Exception as exc:
+            drive.got(exc)
+    return drive.outcome()

@@ -4,12 +4,15 @@ Used by the runtime's and the examples' tests; usable by anything that needs a l
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -137,3 +140,39 @@ class ServeProcess:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def batch_stats(metrics: str, model: str) -> tuple[float, float]:
+    """(batches run, rows in them) of `model`, from /metrics text."""
+    count = re.search(rf'^shoal_batch_size_count\{{model="{model}"\}} (\S+)$', metrics, re.M)
+    total = re.search(rf'^shoal_batch_size_sum\{{model="{model}"\}} (\S+)$', metrics, re.M)
+    assert count is not None, f"no shoal_batch_size for {model!r} in /metrics"
+    assert total is not None, f"no shoal_batch_size for {model!r} in /metrics"
+    return float(count.group(1)), float(total.group(1))
+
+
+# MLflow 3 keeps the file store (no server, no network) behind the first switch.
+MLFLOW_OFFLINE = {"MLFLOW_ALLOW_FILE_STORE": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+@contextlib.contextmanager
+def mlflow_store(uri: str) -> Iterator[None]:
+    """MLflow in this process pointed at the local store `uri` for the block; the environment
+    (MLflow's `set_tracking_uri` exports MLFLOW_TRACKING_URI) and its URIs are put back after."""
+    import mlflow
+
+    keys = [*MLFLOW_OFFLINE, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"]
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(MLFLOW_OFFLINE)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri("")
+        mlflow.set_registry_uri("")
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 import httpx
 
-from shoal.runtime.testing import ServeProcess
+from shoal.runtime.testing import ServeProcess, batch_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = (
@@ -20,15 +19,6 @@ OTHERS = [
     "The orchestra performed a new symphony by a young composer to a full concert hall.",
     "Engineers finished testing the bridge before it opens to traffic next month.",
 ]
-
-
-def batches(metrics: str) -> tuple[float, float]:
-    """(batches run, rows in them) of the summariser, from /metrics."""
-    count = re.search(r'shoal_batch_size_count\{model="summariser"\} (\S+)', metrics)
-    total = re.search(r'shoal_batch_size_sum\{model="summariser"\} (\S+)', metrics)
-    assert count is not None, metrics
-    assert total is not None, metrics
-    return float(count.group(1)), float(total.group(1))
 
 
 async def test_summaries_are_short_extractive_and_deterministic() -> None:
@@ -43,7 +33,7 @@ async def test_summaries_are_short_extractive_and_deterministic() -> None:
             assert summary == "council approved budget public schools teacher salaries classroom"
 
             # Concurrent requests are batched together and give the same answers as alone.
-            assert batches((await client.get("/metrics")).text) == (1.0, 1.0)
+            assert batch_stats((await client.get("/metrics")).text, "summariser") == (1.0, 1.0)
             alone = [
                 (
                     await client.post("/v1/models/summariser:predict", json={"instances": [t]})
@@ -58,7 +48,7 @@ async def test_summaries_are_short_extractive_and_deterministic() -> None:
             )
             assert [t.json()["predictions"][0] for t in together] == alone
             # four batches of one so far, then the three requests sent together: ONE batch
-            assert batches((await client.get("/metrics")).text) == (5.0, 7.0)
+            assert batch_stats((await client.get("/metrics")).text, "summariser") == (5.0, 7.0)
             for text, s in zip(OTHERS, alone, strict=True):
                 assert 0 < len(s.split()) <= 8
                 assert all(w in text for w in s.split())

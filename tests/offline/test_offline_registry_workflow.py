@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 
 from examples.registry import register
-from shoal.runtime.testing import ServeProcess
+from shoal.runtime.testing import MLFLOW_OFFLINE, ServeProcess, mlflow_store
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
     pytest.mark.filterwarnings("ignore::FutureWarning"),
 ]
 ROOT = Path(__file__).resolve().parents[2]
-OFFLINE = {"MLFLOW_ALLOW_FILE_STORE": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+OFFLINE = MLFLOW_OFFLINE
 
 
 @pytest.mark.timeout(600)  # four MLflow imports and a Ray start on two shared cores
@@ -58,25 +58,14 @@ def test_register_serve_and_batch_predict_by_alias(tmp_path: Path) -> None:
             answer: list[int] = r.json()["predictions"]
             return answer
 
-    saved = {k: os.environ.get(k) for k in [*OFFLINE, "MLFLOW_TRACKING_URI"]}
-    os.environ.update(OFFLINE)
-    try:
-        mlflow.set_tracking_uri(tracking)
-        first = [
-            int(v) for v in mlflow.pyfunc.load_model("models:/iris-registry/1").predict(iris.data)
-        ]
+    with mlflow_store(tracking):
+        version_1 = mlflow.pyfunc.load_model("models:/iris-registry/1")
+        first = [int(v) for v in version_1.predict(iris.data)]
         assert served() == first[::5]
         # Version 2 answers differently (labels rotated); moving the alias must show it.
         assert register(tracking, label_shift=1) == "2"
         direct = mlflow.pyfunc.load_model("models:/iris-registry/2")
         expected = [int(v) for v in direct.predict(iris.data)]
-    finally:
-        mlflow.set_tracking_uri("")
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     assert expected != first
     assert sum(a != b for a, b in zip(expected, first, strict=True)) > 100  # most rows
     assert served() == expected[::5]

@@ -7,7 +7,6 @@ where MLflow looked."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,19 @@ import pytest
 
 from shoal.runtime.loading import MLFLOW_TARGET, ModelSpec, instantiate
 from shoal.runtime.mlflow_model import MlflowPyfunc
-from shoal.runtime.testing import ServeProcess
+from shoal.runtime.testing import MLFLOW_OFFLINE, ServeProcess, batch_stats, mlflow_store
 
 # MLflow's own import and logging warnings are not what these tests judge.
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
     pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.timeout(300),  # an MLflow import per server, on two shared cores
 ]
+# Given, so MLflow does not infer them in a subprocess that imports the model (a minute under
+# load).
+PIP = {"pip_requirements": ["scikit-learn"]}
 ROOT = Path(__file__).resolve().parents[2]
-OFFLINE = {"MLFLOW_ALLOW_FILE_STORE": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+OFFLINE = MLFLOW_OFFLINE
 SETOSA, VIRGINICA = [5.1, 3.5, 1.4, 0.2], [7.7, 3.0, 6.1, 2.3]
 
 
@@ -42,35 +45,25 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
     from sklearn.linear_model import LogisticRegression
 
     uri = (tmp_path_factory.mktemp("mlflow") / "mlruns").as_uri()  # created by MLflow
-    # MLflow 3 keeps the file store behind this switch; it needs no server and no network.
-    # set_tracking_uri also exports MLFLOW_TRACKING_URI: everything we touch is put back.
-    saved = {k: os.environ.get(k) for k in [*OFFLINE, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"]}
-    os.environ.update(OFFLINE)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
+    with mlflow_store(uri):  # the environment MLflow and we set is put back after
         data = load_iris()
         model = LogisticRegression(max_iter=1000).fit(data.data, data.target)
         with mlflow.start_run() as run:
-            mlflow.sklearn.log_model(model, name="model", registered_model_name="iris")
+            mlflow.sklearn.log_model(model, name="model", registered_model_name="iris", **PIP)
         frame = pd.DataFrame(data.data, columns=COLUMNS)
         named = LogisticRegression(max_iter=1000).fit(frame, data.target)
         with mlflow.start_run():
             mlflow.sklearn.log_model(
-                named, name="model", registered_model_name="iris-columns", input_example=frame[:2]
+                named,
+                name="model",
+                registered_model_name="iris-columns",
+                input_example=frame[:2],
+                **PIP,
             )
         client = mlflow.MlflowClient()
         client.set_registered_model_alias("iris", "champion", "1")
         client.set_registered_model_alias("iris-columns", "champion", "1")
         yield uri, run.info.run_id
-    finally:
-        mlflow.set_tracking_uri("")
-        mlflow.set_registry_uri("")
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _serve_and_ask(env: dict[str, str], *args: str) -> None:
@@ -161,7 +154,7 @@ async def test_a_row_missing_a_column_is_400_and_its_batch_mates_get_answers(
     assert codes == [200, 200, 400, 200, 200], [a.text for a in answers]
     assert [a.json()["predictions"] for a in answers if a.status_code == 200] == [[0], [2]] * 2
     assert "MLflow schema enforcement: Model is missing inputs ['petal_width']" in answers[2].text
-    assert 'shoal_batch_size_count{model="iris-columns"} 1.0' in metrics  # they shared a batch
+    assert batch_stats(metrics, "iris-columns") == (1.0, 5.0)  # they shared one batch
 
 
 def test_v2_metadata_and_inputs_by_column_come_from_the_signature(store: tuple[str, str]) -> None:

@@ -5,24 +5,15 @@ a plain-def `__call__` over one, and a plain def that returns a coroutine."""
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 import httpx
 import pytest
 
-from shoal.runtime.testing import ServeProcess
+from shoal.runtime.testing import ServeProcess, batch_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = "tests/runtime/sample_models.py"
-
-
-def batch_stats(metrics: str, model: str) -> tuple[float, float]:
-    count = re.search(rf'shoal_batch_size_count\{{model="{model}"\}} (\S+)', metrics)
-    total = re.search(rf'shoal_batch_size_sum\{{model="{model}"\}} (\S+)', metrics)
-    assert count is not None, metrics
-    assert total is not None, metrics
-    return float(count.group(1)), float(total.group(1))
 
 
 async def test_a_batched_helper_gets_the_flags_the_metrics_and_the_log() -> None:
