@@ -8,6 +8,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import numpy as np
+
 import shoal
 
 
@@ -154,3 +156,13 @@ class HeldModules:
 
     def __call__(self, row: Any) -> list[bool]:
         return [m.training for m in self._modules()]
+
+
+class VectorAdder:
+    """Ray Serve tutorial's adder as written there: one numpy call for the batch, no checks of
+    its own, so one bad row makes the whole call raise (the runtime must find it)."""
+
+    @shoal.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def __call__(self, numbers: list[Any]) -> list[Any]:
+        result: list[Any] = (np.asarray(numbers) + 1).tolist()
+        return result
