@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,7 +102,8 @@ def test_journey_from_helm_install_to_uninstall(
 
     # -- install, apply the examples, wait for Ready ---------------------------------------
     t0 = time.monotonic()
-    _helm(c, "install", RELEASE, str(chart.CHART), "-n", ns, "-f", values)
+    notes = _helm(c, "install", RELEASE, str(chart.CHART), "-n", ns, "-f", values)
+    assert f"kubectl -n {ns} apply -f examples/iris.yaml" in notes
     for manifest in MODELS.values():
         c.kubectl("apply", "-n", ns, "-f", str(manifest))
     c.wait_for(lambda: _msvc_ready(c, ns), 300, "both ModelServices Ready")
@@ -110,6 +112,13 @@ def test_journey_from_helm_install_to_uninstall(
     # -- through the ingress: V1 and V2 with the token, 401 without --------------------------
     ((token, scope),) = _tokens(c, ns).items()
     assert scope == "*"
+    # NOTES.txt's own command finds that token.
+    (token_line,) = [line.strip() for line in notes.splitlines() if "TOKEN=$(" in line]
+    found = subprocess.run(
+        ["bash", "-c", f"{token_line} && echo $TOKEN"],
+        capture_output=True, text=True, env=c.env, timeout=60, check=True,
+    )  # fmt: skip
+    assert found.stdout.strip() == token
     t1 = time.monotonic()
     c.wait_for(
         lambda: _predict(ingress.url, "iris", token, [SETOSA]).status_code == 200,
