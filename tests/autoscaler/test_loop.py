@@ -130,13 +130,15 @@ class Api:
     events: list[str] = field(default_factory=list)
     annotations: dict[str, dict[str, str]] = field(default_factory=dict)
     fail: bool = False
+    echo: bool = True
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
         if self.fail:
             raise RuntimeError("API away")
         self.scales.append(replicas)
         assert self.cache.body is not None
-        self.cache.body["spec"]["replicas"] = replicas
+        if self.echo:
+            self.cache.body["spec"]["replicas"] = replicas
 
     async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         self.statuses.append(dict(patch))
@@ -202,6 +204,23 @@ async def test_a_burst_is_one_scale_write_with_an_event(servers: Servers) -> Non
     assert api.scales == [10], "written only on change"
 
 
+async def test_a_write_not_yet_echoed_by_the_watch_is_not_written_again(
+    servers: Servers,
+) -> None:
+    a = await servers()
+    a.body = replica_text(40)
+    cache = Cache(msvc(2), [pod("a", a.port)])
+    api, clock = Api(cache, echo=False), Clock()
+    loop = make_loop(cache, api, clock)
+    await loop.tick()
+    clock.t += 1
+    await loop.tick()  # the cache still says 2
+    assert api.scales == [10]
+    clock.t += 11  # the echo never came: the cache is trusted again
+    await loop.tick()
+    assert api.scales == [10, 10]
+
+
 async def test_a_silent_replica_is_unknown_not_zero(servers: Servers) -> None:
     ok, hung = await servers(), await servers(hang=True)
     ok.body = replica_text(0)
@@ -233,6 +252,25 @@ async def test_from_zero_on_held_requests_summed_over_gateways(servers: Servers)
     await loop.tick()
     assert api.scales == [3]  # ceil(9 / 4)
     assert api.events[0].startswith("Autoscaled: 0 -> 3: from zero")
+
+
+async def test_from_zero_does_not_wait_for_the_next_tick(servers: Servers) -> None:
+    g = await servers()
+    g.body = gateway_text(0)
+    cache = Cache(msvc(0))
+    api = Api(cache)
+    settings = AutoscalerSettings(
+        interval_seconds=30.0, zero_poll_seconds=0.05, gateway_metrics_urls=(g.url,)
+    )
+    loop = Autoscaler(settings, cache, api)
+    loop.start()
+    try:
+        await _until(lambda: g.hits >= 3)  # the first tick, then polls of the gateway
+        assert api.scales == []
+        g.body = gateway_text(1)
+        await _until(lambda: api.scales == [1], timeout_s=5.0)  # far less than the 30 s tick
+    finally:
+        await loop.stop()
 
 
 async def test_scale_down_marks_the_idlest_replicas_cheapest(servers: Servers) -> None:

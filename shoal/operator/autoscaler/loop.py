@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+# How long a scale write may take to come back through the watch before the cache is trusted
+# again (someone may have set the old count back on purpose).
+ECHO_WAIT_SECONDS = 10.0
 
 
 class ScaleClient(Protocol):
@@ -99,6 +102,8 @@ class _Model:
     last_depth: float | None = None
     silent: frozenset[str] = frozenset()
     status_write: asyncio.Task[None] | None = None
+    wrote: tuple[int, int, float] | None = None
+    """(count before, count written, when): until the watch echoes it, the count is ours."""
 
 
 class Autoscaler:
@@ -169,11 +174,31 @@ class Autoscaler:
                         await self.tick()
                     except Exception:
                         log.exception("autoscaler tick failed; next tick goes on")
-                wait = max(0.0, self.settings.interval_seconds - (self.clock() - started))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopped.wait(), timeout=wait)
+                due = started + self.settings.interval_seconds
+                while not stopped.is_set() and (wait := due - self.clock()) > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            stopped.wait(), timeout=min(wait, self.settings.zero_poll_seconds)
+                        )
+                    if not stopped.is_set() and self.active():
+                        await self._from_zero()
         finally:
             await self.aclose()
+
+    async def _from_zero(self) -> None:
+        """Between ticks: decide at once for a model at zero that a gateway holds requests
+        for (scale-from-zero waits on this, not on the next tick)."""
+        keys = self.source.keys()
+        zero = [k for k in keys if _at_zero(self.source.modelservice(k))]
+        if not zero or not self.settings.gateway_metrics_urls:
+            return
+        texts = await self._gateways_held()
+        for key in zero:
+            if any(observe.gateway_held(t, key[1]) > 0 for t in texts if t is not None):
+                try:
+                    await self._one(key, texts)
+                except Exception:
+                    log.exception("autoscaler decision from zero failed; the tick goes on")
 
     async def tick(self) -> None:
         keys = self.source.keys()
@@ -243,6 +268,12 @@ class Autoscaler:
             model.silent = frozenset(silent)
         held = sum(observe.gateway_held(t, key[1]) for t in gateway_texts if t is not None)
         current = spec.replicas if spec.replicas is not None else spec.desired_replicas()
+        if model.wrote is not None:
+            before, after, at = model.wrote
+            if current == before and self.clock() - at < ECHO_WAIT_SECONDS:
+                current = after  # our write has not come back through the watch yet
+            else:
+                model.wrote = None
         obs = Observation(self.clock(), current, tuple(replicas), held)
         decision = model.policy.decide(obs)
         self.observed.append((key, obs, decision))
@@ -260,6 +291,7 @@ class Autoscaler:
             if d.replicas < obs.current:
                 await self._mark_cheapest(ns, obs)
             await self.kube.scale(ns, name, d.replicas)
+            model.wrote = (obs.current, d.replicas, now)
             self.decisions = [*self.decisions[-999:], (key, d)]
             message = f"{obs.current} -> {d.replicas}: {d.reason}"
             log.info("%s/%s: scaled %s", ns, name, message)
@@ -290,6 +322,11 @@ class Autoscaler:
         for r in ready:
             cost = int(r.load) if r.load is not None else 1_000_000
             await self.kube.annotate_pod(ns, r.name, {DELETION_COST: str(cost)})
+
+
+def _at_zero(body: Mapping[str, Any] | None) -> bool:
+    spec = (body or {}).get("spec") or {}
+    return bool(spec.get("autoscaling") is not None and spec.get("replicas") == 0)
 
 
 async def _none() -> None:

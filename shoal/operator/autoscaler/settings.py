@@ -23,6 +23,9 @@ class AutoscalerSettings:
     the held requests are summed over them."""
     gateway_token: str | None = None
     """Bearer token for gateways whose /metrics needs one."""
+    zero_poll_seconds: float = 0.25
+    """Between ticks, how often the gateways are asked about models at zero replicas: the
+    first held request is acted on this fast (the gateways are few; replicas wait for ticks)."""
     status_interval_seconds: float = 5.0
     """Least time between two writes of status.queueDepth when only the demand changed."""
     window_overrides: Mapping[str, float] = field(default_factory=dict)
