@@ -18,6 +18,7 @@ from shoal.operator.autoscaler import observe
 from shoal.operator.autoscaler.loop import DELETION_COST, Autoscaler
 from shoal.operator.autoscaler.policy import ReplicaState
 from shoal.operator.autoscaler.settings import AutoscalerSettings
+from shoal.operator.autoscaler.settings import from_env as settings_from_env
 
 NS, NAME = "ns", "iris"
 KEY = (NS, NAME)
@@ -375,3 +376,19 @@ def _set_after(seconds: float) -> asyncio.Event:
     ev = asyncio.Event()
     asyncio.get_running_loop().call_later(seconds, ev.set)
     return ev
+
+
+def test_settings_from_the_environment() -> None:
+    p = "SHOAL_OPERATOR_AUTOSCALER_"
+    env = {
+        p + "ENABLED": "false",
+        p + "INTERVAL_SECONDS": "2",
+        p + "ZERO_POLL_SECONDS": "0.1",
+        p + "GATEWAY_METRICS_URLS": "http://a:9090/metrics, http://b:9090/metrics",
+        p + "GATEWAY_TOKEN": "t",
+    }
+    s = settings_from_env(env)
+    assert (s.enabled, s.interval_seconds, s.zero_poll_seconds) == (False, 2.0, 0.1)
+    assert s.gateway_metrics_urls == ("http://a:9090/metrics", "http://b:9090/metrics")
+    assert s.gateway_token == "t"
+    assert settings_from_env({}) == AutoscalerSettings()

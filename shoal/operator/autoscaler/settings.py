@@ -35,7 +35,8 @@ class AutoscalerSettings:
 
 def from_env(env: Mapping[str, str]) -> AutoscalerSettings:
     """From SHOAL_OPERATOR_AUTOSCALER_* variables (ENABLED, INTERVAL_SECONDS,
-    SCRAPE_TIMEOUT_SECONDS, GATEWAY_METRICS_URLS as a comma list, GATEWAY_TOKEN)."""
+    SCRAPE_TIMEOUT_SECONDS, ZERO_POLL_SECONDS, GATEWAY_METRICS_URLS as a comma list,
+    GATEWAY_TOKEN)."""
     base = AutoscalerSettings()
     p = "SHOAL_OPERATOR_AUTOSCALER_"
 
@@ -48,6 +49,7 @@ def from_env(env: Mapping[str, str]) -> AutoscalerSettings:
         enabled=env.get(p + "ENABLED", "1").lower() not in ("0", "false", "no"),
         interval_seconds=num("INTERVAL_SECONDS", base.interval_seconds),
         scrape_timeout_seconds=num("SCRAPE_TIMEOUT_SECONDS", base.scrape_timeout_seconds),
+        zero_poll_seconds=num("ZERO_POLL_SECONDS", base.zero_poll_seconds),
         gateway_metrics_urls=urls,
         gateway_token=env.get(p + "GATEWAY_TOKEN") or None,
     )
