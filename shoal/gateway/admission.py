@@ -60,6 +60,8 @@ def header(req: Request, name: bytes) -> bytes | None:
 
 
 def forwarded_for(peer: str) -> bytes:
+    if not peer:  # not a TCP peer (a Unix socket): nothing to say
+        return b""
     node = f'"[{peer}]"' if ":" in peer else peer
     return f"x-forwarded-for: {peer}\r\nforwarded: for={node}\r\n".encode()
 
