@@ -24,6 +24,24 @@ def shoal_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "shoal.cli"]
 
 
+def run_shoal(
+    *args: str,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """`shoal ARGS` to completion (a command expected to exit), output captured as text."""
+    return subprocess.run(
+        [*shoal_command(), *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
 class ServeProcess:
     """`shoal serve ARGS --host 127.0.0.1 --port 0` in a subprocess; `url` once ready."""
 

@@ -10,21 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from shoal.runtime.testing import shoal_command
+from shoal.runtime.testing import run_shoal
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "tests/runtime/sample_models.py:Echo"
 
 
 def shoal(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*shoal_command(), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_shoal(*args, cwd=ROOT)
 
 
 def lines(text: str) -> list[str]:

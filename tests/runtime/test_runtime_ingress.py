@@ -4,7 +4,6 @@ an `app` class attribute and an `ingress()` builder, prefix and root mounting, a
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from shoal.runtime.ingress import IngressError, check_servable, find_ingress
 from shoal.runtime.metrics import RuntimeMetrics
 from shoal.runtime.model import ServedModel
 from shoal.runtime.server import ShoalApp
-from shoal.runtime.testing import shoal_command
+from shoal.runtime.testing import run_shoal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -179,14 +178,7 @@ def test_routes_and_nothing_to_predict_with_is_refused_with_the_fix() -> None:
 
 
 def test_shoal_serve_says_so_in_one_line_not_a_traceback(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*shoal_command(), "serve", "tests/runtime/test_runtime_ingress.py:RoutesOnly"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_shoal("serve", "tests/runtime/test_runtime_ingress.py:RoutesOnly", cwd=ROOT)
     assert done.returncode == 1
     assert "RoutesOnly has HTTP routes but no __call__ or predict" in done.stderr
     assert "Traceback" not in done.stderr

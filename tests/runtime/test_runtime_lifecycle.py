@@ -4,17 +4,15 @@ under load, and port re-binding."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import socket
-import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from shoal.runtime.testing import ServeProcess, shoal_command
+from shoal.runtime.testing import ServeProcess, run_shoal
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = "tests/runtime/sample_models.py"
@@ -148,15 +146,7 @@ def test_port_is_held_until_exit_then_rebinds() -> None:
 def test_invalid_settings_exit_2_with_the_cause_in_the_termination_log(tmp_path: Path) -> None:
     term = tmp_path / "termination-log"
     env = {"SHOAL_PORT": "eighty", "SHOAL_TERMINATION_LOG": str(term)}
-    done = subprocess.run(
-        [*shoal_command(), "serve", f"{MODELS}:Echo"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_shoal("serve", f"{MODELS}:Echo", cwd=ROOT, env=env, timeout_s=60)
     assert done.returncode == 2
     assert "SHOAL_PORT='eighty' is not a valid int" in done.stderr
     assert "SHOAL_PORT='eighty' is not a valid int" in term.read_text()
