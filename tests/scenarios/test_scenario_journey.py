@@ -107,6 +107,10 @@ def test_journey_from_helm_install_to_uninstall(
     for manifest in MODELS.values():
         c.kubectl("apply", "-n", ns, "-f", str(manifest))
     c.wait_for(lambda: _msvc_ready(c, ns), 300, "both ModelServices Ready")
+    (wait_line,) = [
+        line.strip() for line in notes.splitlines() if "--for=condition=Available" in line
+    ]
+    c.kubectl(*wait_line.split()[1:], timeout=300)  # NOTES.txt's step 1
     timings["helm_install_to_ready_s"] = round(time.monotonic() - t0, 1)
 
     # -- through the ingress: V1 and V2 with the token, 401 without --------------------------
