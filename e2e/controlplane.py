@@ -182,7 +182,10 @@ class ControlPlane:
                 f"--service-cluster-ip-range={s.service_network}",
                 "--authorization-mode=Node,RBAC",
                 # Real nodes' kubelets may change only their own Node and their pods' status.
-                "--enable-admission-plugins=NodeRestriction",
+                # OwnerReferencesPermissionEnforcement (on in most managed clusters): setting
+                # blockOwnerDeletion needs `update` on the owner's finalizers subresource, which
+                # the operator's RBAC must grant.
+                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
                 f"--kubelet-client-certificate={p.client_crt('apiserver-kubelet-client')}",
                 f"--kubelet-client-key={p.client_key('apiserver-kubelet-client')}",
                 "--kubelet-preferred-address-types=InternalIP",
