@@ -14,7 +14,9 @@ import dataclasses
 import json
 import logging
 import random
+import socket
 import sys
+import urllib.parse
 from typing import Any
 
 from shoal.operator.settings import OperatorSettings, from_env
@@ -37,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-format", choices=["plain", "json"], help="log line format")
     parser.add_argument(
-        "--liveness", help="liveness endpoint URL, e.g. http://0.0.0.0:8080/healthz"
+        "--liveness",
+        help="liveness endpoint URL (default http://0.0.0.0:8080/healthz; empty: off)",
+    )
+    parser.add_argument(
+        "--gpu-device", help="SHOAL_DEVICE for GPU replicas: cuda (default) or auto"
     )
     parser.add_argument("--standalone", action="store_true", help="no peering (one replica)")
     parser.add_argument("--peering", help="KopfPeering object name shared by the replicas")
@@ -54,7 +60,14 @@ def settings_from_args(
         changes["namespaces"] = ()
     elif args.namespaces:
         changes["namespaces"] = tuple(args.namespaces)
-    for attr in ("default_image", "mlflow_tracking_uri", "gateway_url", "log_format", "priority"):
+    for attr in (
+        "default_image",
+        "mlflow_tracking_uri",
+        "gateway_url",
+        "log_format",
+        "priority",
+        "gpu_device",
+    ):
         value = getattr(args, attr, None)
         if value is not None:
             changes[attr] = value
@@ -115,11 +128,58 @@ def configure_logging(settings: OperatorSettings) -> None:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+class StartupError(Exception):
+    """The operator cannot start as configured; the message says why (exit 2)."""
+
+
+def check_liveness(url: str | None) -> None:
+    """The liveness port must be free: kopf would otherwise die with a traceback."""
+    if not url:
+        return
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or parts.port is None:
+        raise StartupError(f"--liveness {url!r}: expected http://HOST:PORT/PATH")
+    try:
+        with socket.create_server((parts.hostname or "0.0.0.0", parts.port)):
+            pass
+    except OSError as exc:
+        raise StartupError(
+            f"--liveness {url}: cannot listen on port {parts.port} ({exc.strerror}); "
+            "pick another port with --liveness, or --liveness '' to turn it off"
+        ) from None
+
+
+async def check_peering(settings: OperatorSettings) -> None:
+    """Without --standalone kopf waits, silently and forever, for a peering object that does
+    not exist: say so at start instead."""
+    if settings.standalone:
+        return
+    from shoal.operator.kube import Kube, KubeError
+
+    kube = await Kube.connect()
+    try:
+        where = [None] if settings.cluster_wide else list(settings.namespaces)
+        for ns in where:
+            try:
+                found = await kube.peering_exists(settings.peering_name, ns)
+            except KubeError as exc:
+                raise StartupError(f"cannot read the peering object: {exc}") from None
+            if not found:
+                kind = "ClusterKopfPeering" if ns is None else f"KopfPeering in namespace {ns}"
+                raise StartupError(
+                    f"no {kind} named {settings.peering_name!r}: create it (see "
+                    "crds/operator-rbac.yaml) or run one replica with --standalone"
+                )
+    finally:
+        await kube.close()
+
+
 async def run_operator(settings: OperatorSettings) -> None:
     import kopf
 
     from shoal.operator.handlers import configure_kopf, register
 
+    await check_peering(settings)
     registry, _ = register(settings)
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings, settings)
@@ -138,12 +198,21 @@ async def run_operator(settings: OperatorSettings) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+        check_liveness(settings.liveness_endpoint)
+    except (ValueError, StartupError) as exc:  # a bad SHOAL_OPERATOR_* value, a taken port
+        sys.stderr.write(f"shoal operator: {exc}\n")
+        return 2
     configure_logging(settings)
     logging.getLogger(__name__).info(
         "shoal operator: %s, default image %s",
         "cluster-wide" if settings.cluster_wide else f"namespaces {','.join(settings.namespaces)}",
         settings.default_image,
     )
-    asyncio.run(run_operator(settings))
+    try:
+        asyncio.run(run_operator(settings))
+    except StartupError as exc:
+        sys.stderr.write(f"shoal operator: {exc}\n")
+        return 2
     return 0

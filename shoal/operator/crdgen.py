@@ -170,6 +170,12 @@ def crd() -> dict[str, Any]:
     ready = '.status.conditions[?(@.type=="Ready")].status'
     columns = [
         {"name": "Ready", "type": "string", "jsonPath": ready},
+        # Why not ready (or how ready) without -o wide: Unschedulable, ImagePullBackOff, ...
+        {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        },
         {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
         {"name": "Queue", "type": "number", "jsonPath": ".status.queueDepth"},
@@ -179,12 +185,6 @@ def crd() -> dict[str, Any]:
             "name": "Model",
             "type": "string",
             "jsonPath": ".status.modelUri",
-            "priority": 1,
-        },
-        {
-            "name": "Reason",
-            "type": "string",
-            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
             "priority": 1,
         },
     ]

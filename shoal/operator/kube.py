@@ -33,6 +33,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Event"): "events",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("kopf.dev/v1", "KopfPeering"): "kopfpeerings",
     (api.API_VERSION, api.KIND): api.PLURAL,
 }
 
@@ -71,9 +72,17 @@ def _error(exc: ApiException) -> KubeError:
     return KubeError(int(exc.status or 0), reason, message)
 
 
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
 def _kubeconfig_path() -> str | None:
     path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     return path if os.path.exists(path.split(os.pathsep)[0]) else None
+
+
+def in_cluster() -> bool:
+    """In a pod with a service account token (the same test as kopf's login)."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(SERVICE_ACCOUNT_TOKEN)
 
 
 class Kube:
@@ -84,13 +93,14 @@ class Kube:
 
     @classmethod
     async def connect(cls) -> Kube:
-        """From $KUBECONFIG (or ~/.kube/config) when present, else the in-cluster account."""
+        """The in-cluster account when in a pod, else $KUBECONFIG (or ~/.kube/config): the
+        order kopf's login uses too, so both clients act as the same identity."""
         cfg = client.Configuration()
         path = _kubeconfig_path()
-        if path is not None:
-            await config.load_kube_config(config_file=path, client_configuration=cfg)
-        else:
+        if in_cluster() or path is None:
             config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            await config.load_kube_config(config_file=path, client_configuration=cfg)
         return cls(client.ApiClient(cfg))
 
     async def close(self) -> None:
@@ -123,7 +133,8 @@ class Kube:
             raise _error(exc) from None
 
     async def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply `obj` as the operator's field manager (taking over conflicts)."""
+        """Server-side apply `obj` as the operator's field manager. Conflicts with other
+        managers are forced: the caller applies only objects it controls (drift.control)."""
         md = obj["metadata"]
         path = _path(obj["apiVersion"], obj["kind"], md["namespace"], md["name"])
         query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
@@ -142,23 +153,34 @@ class Kube:
                 return None
             raise
 
-    async def list(
-        self, api_version: str, kind: str, namespace: str, label_selector: str
-    ) -> list[dict[str, Any]]:
-        path = _path(api_version, kind, namespace)
-        result = await self._call("GET", path, query=[("labelSelector", label_selector)])
-        return [dict(item) for item in result.get("items") or []]
+    async def peering_exists(self, name: str, namespace: str | None) -> bool:
+        """Whether kopf's peering object exists (ClusterKopfPeering when namespace is None)."""
+        if namespace is None:
+            path = f"/apis/kopf.dev/v1/clusterkopfpeerings/{name}"
+        else:
+            path = _path("kopf.dev/v1", "KopfPeering", namespace, name)
+        try:
+            await self._call("GET", path)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
-    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        """Merge-patch a ModelService's status subresource (never touches spec)."""
+    async def patch_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch a ModelService's status subresource (never touches spec); returns the
+        object as stored."""
         path = _path(api.API_VERSION, api.KIND, namespace, name) + "/status"
-        await self._call(
+        result = await self._call(
             "PATCH",
             path,
             query=[("fieldManager", FIELD_MANAGER)],
             body={"status": dict(patch)},
             content_type="application/merge-patch+json",
         )
+        return dict(result)
 
     async def post_event(
         self,
@@ -168,8 +190,8 @@ class Kube:
         reason: str,
         message: str,
         now: datetime,
-    ) -> None:
-        """A core/v1 Event about `involved` (a ModelService body)."""
+    ) -> str:
+        """A core/v1 Event about `involved` (a ModelService body); returns its name."""
         md = involved["metadata"]
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
@@ -192,7 +214,18 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        await self._call("POST", _path("v1", "Event", md["namespace"]), body=event)
+        made = await self._call("POST", _path("v1", "Event", md["namespace"]), body=event)
+        return str(made["metadata"]["name"])
+
+    async def repeat_event(self, namespace: str, name: str, count: int, now: datetime) -> None:
+        """Count one more occurrence of an Event already posted (as the kubelet's recorder
+        aggregates repeats) instead of posting a new one."""
+        await self._call(
+            "PATCH",
+            _path("v1", "Event", namespace, name),
+            body={"count": count, "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            content_type="application/merge-patch+json",
+        )
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
         """Set a ModelService's `spec.replicas` through its scale subresource (the autoscaler's

@@ -134,7 +134,7 @@ def container_env(
         if e.value is not None:
             item["value"] = e.value
         if e.value_from is not None:
-            item["valueFrom"] = e.value_from
+            item["valueFrom"] = e.value_from.model_dump(by_alias=True, exclude_none=True)
         env.append(item)
     return env
 
@@ -185,17 +185,17 @@ def _probe(path: str, period: int, failures: int, timeout: int) -> dict[str, Any
     }
 
 
-def pod_template(
-    spec: api.ModelServiceSpec, owner: Owner, settings: OperatorSettings, model_uri: str | None
-) -> dict[str, Any]:
-    h = spec.health
-    security = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _volumes(spec: api.ModelServiceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, container mounts): a writable /tmp, and the model's PVC when it has one."""
     mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [{"name": TMP_VOLUME, "emptyDir": {}}]
     if spec.model.uri is not None and spec.model.uri.startswith("pvc://"):
@@ -204,7 +204,19 @@ def pod_template(
         volumes.append(
             {"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
-    container: dict[str, Any] = {
+    return volumes, mounts
+
+
+def container(
+    spec: api.ModelServiceSpec,
+    owner: Owner,
+    settings: OperatorSettings,
+    model_uri: str | None,
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The model server container: `shoal serve` with its environment, probes and limits."""
+    h = spec.health
+    out: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.default_image,
         "command": list(COMMAND),
@@ -219,21 +231,29 @@ def pod_template(
         ),
         "readinessProbe": _probe(READY_PATH, h.readiness_period_seconds, 1, timeout=2),
         "livenessProbe": _probe(LIVE_PATH, h.liveness_period_seconds, 3, timeout=5),
-        "securityContext": security,
+        "securityContext": SECURITY_CONTEXT,
         "volumeMounts": mounts,
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.drain.delay_seconds > 0:
         # Endpoints stop routing to a terminating pod asynchronously: keep serving meanwhile.
-        container["lifecycle"] = {"preStop": {"sleep": {"seconds": spec.drain.delay_seconds}}}
+        out["lifecycle"] = {"preStop": {"sleep": {"seconds": spec.drain.delay_seconds}}}
     pull = spec.image_pull_policy or settings.image_pull_policy
     if pull is not None:
-        container["imagePullPolicy"] = pull
-    resources = resource_requirements(spec)
-    if resources:
-        container["resources"] = resources
-    pod_spec: dict[str, Any] = {
+        out["imagePullPolicy"] = pull
+    requirements = resource_requirements(spec)
+    if requirements:
+        out["resources"] = requirements
+    return out
+
+
+def pod_spec(
+    spec: api.ModelServiceSpec, owner: Owner, settings: OperatorSettings, model_uri: str | None
+) -> dict[str, Any]:
+    """The pod around the container: identity, security, grace period and placement."""
+    volumes, mounts = _volumes(spec)
+    out: dict[str, Any] = {
         "serviceAccountName": owner.name,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -245,20 +265,29 @@ def pod_template(
             "fsGroup": settings.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [container],
+        "containers": [container(spec, owner, settings, model_uri, mounts)],
         "volumes": volumes,
     }
     tols = tolerations(spec)
     if tols:
-        pod_spec["tolerations"] = tols
+        out["tolerations"] = tols
     sched = spec.scheduling
     if sched.node_selector:
-        pod_spec["nodeSelector"] = dict(sched.node_selector)
-    if sched.affinity:
-        pod_spec["affinity"] = sched.affinity
+        out["nodeSelector"] = dict(sched.node_selector)
+    if sched.affinity is not None:
+        out["affinity"] = sched.affinity.model_dump(by_alias=True, exclude_none=True)
     if sched.priority_class_name:
-        pod_spec["priorityClassName"] = sched.priority_class_name
-    return {"metadata": {"labels": labels(owner.name, settings)}, "spec": pod_spec}
+        out["priorityClassName"] = sched.priority_class_name
+    return out
+
+
+def pod_template(
+    spec: api.ModelServiceSpec, owner: Owner, settings: OperatorSettings, model_uri: str | None
+) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": labels(owner.name, settings)},
+        "spec": pod_spec(spec, owner, settings, model_uri),
+    }
 
 
 def deployment(

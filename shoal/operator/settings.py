@@ -38,22 +38,25 @@ class OperatorSettings:
     `shoal.handle("other-model")` inside a model reaches the other model's replicas."""
     alias_poll_seconds: float = 30.0
     """How often registry aliases are re-resolved (a moved alias rolls the replicas)."""
-    resync_seconds: float = 30.0
-    """Longest time between two status/drift passes over one ModelService."""
-    min_pass_interval_seconds: float = 0.5
-    """Shortest time between two passes (coalesces bursts of pod events)."""
+    resync_seconds: float = 600.0
+    """Longest time between two passes over one ModelService (±20 % jitter). Drift is repaired
+    on the watch event that shows it; the resync is only a safety net."""
     log_format: str = "plain"
     """`plain` or `json`."""
     verbose: bool = False
     """Debug logging."""
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
-    """Where kopf answers liveness probes (None: off)."""
+    """Where kopf answers liveness probes (None: off). The gateway's default port is 8080 too:
+    beside it, give one of them another port (`--liveness`, `shoal gateway --port`)."""
     standalone: bool = False
     """Skip kopf peering (one operator only; tests)."""
     peering_name: str = "shoal-operator"
     """KopfPeering object shared by the operator's replicas: only the highest priority acts."""
     priority: int | None = None
     """Peering priority; None picks a random one, so replicas never tie."""
+    peering_lifetime_seconds: int = 15
+    """How long a silent replica counts as alive in the peering object: the longest a standby
+    waits after the active replica died (kopf's default is 60)."""
     post_events: bool = True
     """Post Kubernetes Events for condition transitions."""
     extra_labels: Mapping[str, str] = field(default_factory=dict)
@@ -77,15 +80,29 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
 
     def get_float(name: str, default: float) -> float:
         raw = env.get(name)
-        return default if raw is None or raw == "" else float(raw)
+        if raw is None or raw == "":
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a number") from None
 
-    prio = env.get("SHOAL_OPERATOR_PRIORITY")
+    def get_int(name: str) -> int | None:
+        raw = env.get(name)
+        if not raw:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not an integer") from None
+
+    run_as_user = get_int("SHOAL_OPERATOR_RUN_AS_USER")
     return OperatorSettings(
         namespaces=_split(env.get("SHOAL_OPERATOR_NAMESPACES")),
         default_image=env.get("SHOAL_OPERATOR_DEFAULT_IMAGE") or base.default_image,
         image_pull_policy=env.get("SHOAL_OPERATOR_IMAGE_PULL_POLICY") or None,
         cluster_domain=env.get("SHOAL_OPERATOR_CLUSTER_DOMAIN") or base.cluster_domain,
-        run_as_user=int(env.get("SHOAL_OPERATOR_RUN_AS_USER") or base.run_as_user),
+        run_as_user=base.run_as_user if run_as_user is None else run_as_user,
         gpu_device=env.get("SHOAL_OPERATOR_GPU_DEVICE") or base.gpu_device,
         mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
         gateway_url=env.get("SHOAL_OPERATOR_GATEWAY_URL") or None,
@@ -94,6 +111,6 @@ def from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         log_format=env.get("SHOAL_OPERATOR_LOG_FORMAT") or base.log_format,
         liveness_endpoint=env.get("SHOAL_OPERATOR_LIVENESS", base.liveness_endpoint) or None,
         standalone=env.get("SHOAL_OPERATOR_STANDALONE", "") in ("1", "true", "yes"),
-        priority=int(prio) if prio else None,
+        priority=get_int("SHOAL_OPERATOR_PRIORITY"),
         autoscaler=autoscaler_settings.from_env(env),
     )

@@ -11,8 +11,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from shoal.operator.spec_pod import (
+    Affinity,
+    EnvVarSource,
+    LabelValue,
+    check_label_keys,
+    label_map,
+)
 
 GROUP = "serving.shoal.dev"
 VERSION = "v1alpha1"
@@ -38,7 +46,8 @@ MODEL_URI_PATTERN = (
     r"^(file:///.*|/.*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?"
     r"|models:/[^/@\s]+(/[0-9]+|@[A-Za-z0-9_-]+)|runs:/[^/\s]+/.+)$"
 )
-INT_OR_PERCENT_PATTERN = r"^[0-9]+%?$"
+# A string int-or-percent must be a percentage: Deployments refuse the string "0".
+INT_OR_PERCENT_PATTERN = r"^[0-9]+%$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 # int-or-string types: the CRD generator turns `anyOf: [integer, string]` into
@@ -46,8 +55,29 @@ ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 Quantity = (
     Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
 )
-IntOrPercent = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=INT_OR_PERCENT_PATTERN)]
-RESERVED_ENV_PREFIX = "SHOAL_"
+# strict: "0" is a string here, not an int by coercion (the API server sees a string too).
+IntOrPercent = (
+    Annotated[int, Field(ge=0, strict=True)] | Annotated[str, Field(pattern=INT_OR_PERCENT_PATTERN)]
+)
+# The runtime settings the operator sets from the spec; other SHOAL_* variables (SHOAL_LOG_LEVEL,
+# SHOAL_REQUEST_TIMEOUT_S, ...) are the user's to set through `env`.
+RESERVED_ENV_NAMES = (
+    "SHOAL_MODEL_CLASS",
+    "SHOAL_MODEL_NAME",
+    "SHOAL_MODEL_URI",
+    "SHOAL_MODEL_CONFIG",
+    "SHOAL_HOST",
+    "SHOAL_PORT",
+    "SHOAL_MAX_BATCH_SIZE",
+    "SHOAL_BATCH_WAIT_TIMEOUT_S",
+    "SHOAL_MAX_QUEUE_SIZE",
+    "SHOAL_GRACE_PERIOD_S",
+    "SHOAL_DEVICE",
+    "SHOAL_GATEWAY_URL",
+)
+RESERVED_ENV_MESSAGE = "env names set by the operator are reserved: " + ", ".join(
+    RESERVED_ENV_NAMES
+)
 
 
 class _Spec(BaseModel):
@@ -160,6 +190,18 @@ class Resources(_Spec):
 class Toleration(_Spec):
     """A Kubernetes pod toleration."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.operator) && self.operator == 'Exists'"
+                    " && has(self.value) && self.value != '')",
+                    "message": "a toleration with operator Exists takes no value",
+                }
+            ]
+        }
+    )
+
     key: str | None = Field(default=None, max_length=316, description="Taint key to tolerate.")
     operator: Literal["Exists", "Equal"] | None = Field(
         default=None, description="`Exists` or `Equal` (the default)."
@@ -174,24 +216,28 @@ class Toleration(_Spec):
         default=None, ge=0, description="How long a NoExecute taint is tolerated."
     )
 
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        return self
+
 
 class Scheduling(_Spec):
     """Where replicas may run, on top of the GPU placement the operator adds."""
 
-    node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Node labels every replica's node must carry."
-    )
+    node_selector: dict[str, LabelValue] = label_map("Node labels every replica's node must carry.")
     tolerations: list[Toleration] = Field(
         default_factory=list, max_length=32, description="Extra tolerations for the replicas."
     )
-    affinity: dict[str, Any] = Field(
-        default_factory=dict,
-        description="A Kubernetes pod `affinity` object, copied into the pod template as is.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    affinity: Affinity | None = Field(
+        default=None, description="A Kubernetes pod `affinity`, copied into the pod template."
     )
     priority_class_name: str | None = Field(
         default=None, max_length=253, description="PriorityClass of the replicas."
     )
+
+    _keys = field_validator("node_selector")(check_label_keys)
 
 
 class Autoscaling(_Spec):
@@ -330,15 +376,32 @@ class Drain(_Spec):
 class EnvVar(_Spec):
     """An extra environment variable for the model process."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.value) && has(self.valueFrom))",
+                    "message": "an env var takes value or valueFrom, not both",
+                }
+            ]
+        }
+    )
+
     name: str = Field(
         min_length=1, max_length=253, pattern=ENV_NAME_PATTERN, description="Variable name."
     )
     value: str | None = Field(default=None, max_length=32_768, description="Literal value.")
-    value_from: dict[str, Any] | None = Field(
+    value_from: EnvVarSource | None = Field(
         default=None,
-        description="A Kubernetes `valueFrom` source (secretKeyRef, configMapKeyRef, fieldRef).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="A Kubernetes `valueFrom` source (secretKeyRef, configMapKeyRef, fieldRef, "
+        "resourceFieldRef).",
     )
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("an env var takes value or valueFrom, not both")
+        return self
 
 
 class ModelServiceSpec(_Spec):
@@ -349,10 +412,11 @@ class ModelServiceSpec(_Spec):
             "x-kubernetes-validations": [
                 {
                     "rule": (
-                        "!has(self.env) || self.env.all(e, !e.name.startsWith("
-                        f"'{RESERVED_ENV_PREFIX}'))"
+                        "!has(self.env) || self.env.all(e, !(e.name in ["
+                        + ", ".join(f"'{n}'" for n in RESERVED_ENV_NAMES)
+                        + "]))"
                     ),
-                    "message": f"env names starting with {RESERVED_ENV_PREFIX} are reserved",
+                    "message": RESERVED_ENV_MESSAGE,
                 },
                 {
                     "rule": (
@@ -402,16 +466,17 @@ class ModelServiceSpec(_Spec):
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=64,
-        description=f"Extra environment variables (names starting with {RESERVED_ENV_PREFIX} "
-        "are reserved).",
+        description="Extra environment variables (the names the operator sets, "
+        "SHOAL_MODEL_*, SHOAL_HOST, SHOAL_PORT, batching, SHOAL_DEVICE, SHOAL_GATEWAY_URL, are "
+        "reserved; other SHOAL_* runtime settings such as SHOAL_LOG_LEVEL may be set).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelServiceSpec:
         names = [e.name for e in self.env]
-        if any(n.startswith(RESERVED_ENV_PREFIX) for n in names):
-            raise ValueError(f"env names starting with {RESERVED_ENV_PREFIX} are reserved")
+        if any(n in RESERVED_ENV_NAMES for n in names):
+            raise ValueError(RESERVED_ENV_MESSAGE)
         if len(set(names)) != len(names):
             raise ValueError("env names must be unique")
         if self.autoscaling is not None and self.replicas is not None:

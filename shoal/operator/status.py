@@ -8,6 +8,13 @@ and Degraded, as their names say):
 - ModelLoadFailed: a replica's container exited non-zero before it became ready; the message
   carries its termination message (the runtime writes the cause to /dev/termination-log).
 - Degraded: fewer ready replicas than desired because of a failure (not mere start-up).
+
+Ready and Degraded name the most specific cause of missing replicas (one `_facts` pass shared
+by every condition): a container that exited (ModelLoadFailed), pods the Deployment controller
+could not create (its ReplicaFailure reason, e.g. FailedCreate for a quota, an admission webhook
+or a missing PriorityClass), a pod that fits no node (Unschedulable), a container that cannot
+start (the kubelet's waiting reason: ErrImagePull, ImagePullBackOff, ErrImageNeverPull,
+InvalidImageName, ...), or a stuck rollout (ProgressDeadlineExceeded).
 - ModelResolved (registry alias URIs only): the alias -> version resolution.
 """
 
@@ -36,6 +43,7 @@ _STUCK_WAITING = frozenset(
         "ErrImagePull",
         "ImagePullBackOff",
         "InvalidImageName",
+        "ErrImageNeverPull",
         "CreateContainerConfigError",
         "CreateContainerError",
         "RunContainerError",
@@ -117,8 +125,10 @@ def unschedulable(pods: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
-def load_failures(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """(reason, message) for live, unready pods whose container exited non-zero."""
+def load_failures(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Messages for live, unready pods whose container exited non-zero. One reason for all
+    (ModelLoadFailed's `ContainerFailed`): the kubelet's own reason flips Error <->
+    CrashLoopBackOff with every restart, which would rewrite status and post an Event each time."""
     out = []
     for pod in pods:
         if _terminating(pod) or _pod_ready(pod):
@@ -127,16 +137,15 @@ def load_failures(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
             state = cs.get("state") or {}
             for term in (state.get("terminated"), (cs.get("lastState") or {}).get("terminated")):
                 if term and term.get("exitCode", 0) != 0:
-                    waiting = (state.get("waiting") or {}).get("reason")
-                    reason = "CrashLoopBackOff" if waiting == "CrashLoopBackOff" else "Error"
                     text = (term.get("message") or term.get("reason") or "").strip()
                     msg = f"pod {_pod_name(pod)}: exit code {term['exitCode']}"
-                    out.append((reason, f"{msg}: {text}" if text else msg))
+                    out.append(f"{msg}: {text}" if text else msg)
                     break
     return out
 
 
 def stuck_containers(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(waiting reason, message) of containers that cannot start (image, config)."""
     out = []
     for pod in pods:
         if _terminating(pod):
@@ -149,116 +158,163 @@ def stuck_containers(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]
     return out
 
 
-def _deployment_condition(dep: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    for c in dep.get("status", {}).get("conditions") or []:
+def _deployment_condition(dep: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    for c in (dep or {}).get("status", {}).get("conditions") or []:
         if c.get("type") == type_:
             return dict(c)
     return None
 
 
-def _counts(dep: Mapping[str, Any] | None) -> tuple[int, int, int, int]:
-    st = (dep or {}).get("status", {})
-    return (
-        int(st.get("replicas") or 0),
-        int(st.get("readyReplicas") or 0),
-        int(st.get("updatedReplicas") or 0),
-        int(st.get("availableReplicas") or 0),
-    )
+@dataclass(frozen=True)
+class _Facts:
+    """What every condition is computed from, derived once per observation."""
+
+    dep: Mapping[str, Any] | None
+    desired: int
+    replicas: int
+    ready: int
+    updated: int
+    available: int
+    unschedulable: list[str]
+    failed: list[str]
+    deadline: str | None
+    """The Deployment's ProgressDeadlineExceeded message, if it says so."""
+    cause: tuple[str, str] | None
+    """The most specific reason replicas are missing, for Ready and Degraded."""
+
+    @property
+    def counts(self) -> str:
+        return f"{self.ready}/{self.desired} replicas ready"
 
 
-def conditions(obs: Observation) -> list[dict[str, Any]]:
-    """The conditions for one observation (without timestamps)."""
-    out: list[dict[str, Any]] = []
-    if obs.alias_uri is not None:
-        if obs.resolve_error is None and obs.model_version is not None:
-            msg = f"{obs.alias_uri} is version {obs.model_version}"
-            out.append(_cond(MODEL_RESOLVED, True, "Resolved", msg))
-        else:
-            out.append(
-                _cond(MODEL_RESOLVED, False, "ModelResolutionFailed", obs.resolve_error or "")
-            )
-    if obs.blocking is not None:
-        reason, message = obs.blocking
-        out.append(_cond(READY, False, reason, message))
-        out.append(_cond(PROGRESSING, False, reason, message))
-        return out
-    if obs.model_uri is None and obs.alias_uri is not None:
-        out.append(_cond(READY, False, "ModelResolutionFailed", obs.resolve_error or ""))
-        out.append(_cond(PROGRESSING, False, "ModelResolutionFailed", obs.resolve_error or ""))
-        return out
-
+def _facts(obs: Observation) -> _Facts:
     dep = obs.deployment
-    desired = obs.desired_replicas
-    replicas, ready, updated, available = _counts(dep)
-    pods = obs.pods
-    sched = unschedulable(pods)
-    failed = load_failures(pods)
-    stuck = stuck_containers(pods)
-    progress = _deployment_condition(dep, "Progressing") if dep is not None else None
-    deadline = progress is not None and progress.get("reason") == "ProgressDeadlineExceeded"
-
-    # The most specific cause of missing replicas, for Ready/Degraded reasons.
+    st = (dep or {}).get("status", {})
+    sched = unschedulable(obs.pods)
+    failed = load_failures(obs.pods)
+    stuck = stuck_containers(obs.pods)
+    progress = _deployment_condition(dep, "Progressing")
+    deadline = (
+        str(progress.get("message", ""))
+        if progress is not None and progress.get("reason") == "ProgressDeadlineExceeded"
+        else None
+    )
+    # The controller could not create pods at all (quota, admission, missing PriorityClass).
+    replica_failure = _deployment_condition(dep, "ReplicaFailure")
     cause: tuple[str, str] | None = None
     if failed:
-        cause = ("ModelLoadFailed", "; ".join(m for _, m in failed))
+        cause = (MODEL_LOAD_FAILED, "; ".join(failed))
+    elif replica_failure is not None and replica_failure.get("status") == "True":
+        reason = str(replica_failure.get("reason") or "ReplicaFailure")
+        cause = (reason, str(replica_failure.get("message", "")))
     elif sched:
         cause = ("Unschedulable", "; ".join(sched))
     elif stuck:
         cause = (stuck[0][0], "; ".join(m for _, m in stuck))
-    elif deadline and progress is not None:
-        cause = ("ProgressDeadlineExceeded", str(progress.get("message", "")))
+    elif deadline is not None:
+        cause = ("ProgressDeadlineExceeded", deadline)
+    return _Facts(
+        dep=dep,
+        desired=obs.desired_replicas,
+        replicas=int(st.get("replicas") or 0),
+        ready=int(st.get("readyReplicas") or 0),
+        updated=int(st.get("updatedReplicas") or 0),
+        available=int(st.get("availableReplicas") or 0),
+        unschedulable=sched,
+        failed=failed,
+        deadline=deadline,
+        cause=cause,
+    )
 
-    counts = f"{ready}/{desired} replicas ready"
-    if dep is None:
-        out.append(_cond(READY, False, "Creating", "the Deployment does not exist yet"))
-    elif desired == 0 and ready == 0:
-        out.append(_cond(READY, True, "ScaledToZero", "no replicas wanted"))
-    elif ready > 0:
-        reason = "AllReplicasReady" if ready >= desired else "SomeReplicasReady"
-        out.append(_cond(READY, True, reason, counts))
-    else:
-        reason, message = cause if cause is not None else ("ReplicasNotReady", counts)
-        out.append(
-            _cond(READY, False, reason, message if cause is None else f"{counts}: {message}")
-        )
 
-    dep_generation = int((dep or {}).get("metadata", {}).get("generation") or 0)
-    dep_observed = int((dep or {}).get("status", {}).get("observedGeneration") or 0)
-    if dep is None:
-        out.append(_cond(PROGRESSING, True, "Creating", "creating the Deployment"))
-    elif deadline and progress is not None:
-        out.append(
-            _cond(PROGRESSING, False, "ProgressDeadlineExceeded", str(progress.get("message", "")))
-        )
-    elif replicas > updated:
-        out.append(_cond(PROGRESSING, True, "RollingUpdate", f"{updated}/{desired} updated"))
-    elif dep_observed < dep_generation:
-        out.append(_cond(PROGRESSING, True, "Updating", "the Deployment controller is catching up"))
-    elif available < desired or ready < desired:
-        out.append(_cond(PROGRESSING, True, "ScalingUp", counts))
-    elif replicas > desired:
-        out.append(_cond(PROGRESSING, True, "ScalingDown", f"{replicas} -> {desired} replicas"))
-    else:
-        out.append(_cond(PROGRESSING, False, "RolloutComplete", counts))
+def _model_resolved(obs: Observation) -> dict[str, Any] | None:
+    if obs.alias_uri is None:
+        return None
+    if obs.resolve_error is None and obs.model_version is not None:
+        msg = f"{obs.alias_uri} is version {obs.model_version}"
+        return _cond(MODEL_RESOLVED, True, "Resolved", msg)
+    return _cond(MODEL_RESOLVED, False, "ModelResolutionFailed", obs.resolve_error or "")
 
-    if sched:
-        out.append(_cond(SCHEDULED, False, "Unschedulable", "; ".join(sched)))
-    else:
-        out.append(_cond(SCHEDULED, True, "AllPodsScheduled"))
 
-    if failed:
-        out.append(_cond(MODEL_LOAD_FAILED, True, failed[0][0], "; ".join(m for _, m in failed)))
-    else:
-        out.append(_cond(MODEL_LOAD_FAILED, False, "NoFailure"))
+def _ready(f: _Facts) -> dict[str, Any]:
+    if f.dep is None:
+        return _cond(READY, False, "Creating", "the Deployment does not exist yet")
+    if f.desired == 0 and f.ready == 0:
+        return _cond(READY, True, "ScaledToZero", "no replicas wanted")
+    if f.ready > 0:
+        reason = "AllReplicasReady" if f.ready >= f.desired else "SomeReplicasReady"
+        return _cond(READY, True, reason, f.counts)
+    if f.cause is None:
+        return _cond(READY, False, "ReplicasNotReady", f.counts)
+    return _cond(READY, False, f.cause[0], f"{f.counts}: {f.cause[1]}")
 
+
+def _progressing(f: _Facts) -> dict[str, Any]:
+    dep_generation = int((f.dep or {}).get("metadata", {}).get("generation") or 0)
+    dep_observed = int((f.dep or {}).get("status", {}).get("observedGeneration") or 0)
+    if f.dep is None:
+        return _cond(PROGRESSING, True, "Creating", "creating the Deployment")
+    if f.deadline is not None:
+        return _cond(PROGRESSING, False, "ProgressDeadlineExceeded", f.deadline)
+    if f.replicas > f.updated:
+        return _cond(PROGRESSING, True, "RollingUpdate", f"{f.updated}/{f.desired} updated")
+    if dep_observed < dep_generation:
+        return _cond(PROGRESSING, True, "Updating", "the Deployment controller is catching up")
+    if f.available < f.desired or f.ready < f.desired:
+        return _cond(PROGRESSING, True, "ScalingUp", f.counts)
+    if f.replicas > f.desired:
+        return _cond(PROGRESSING, True, "ScalingDown", f"{f.replicas} -> {f.desired} replicas")
+    return _cond(PROGRESSING, False, "RolloutComplete", f.counts)
+
+
+def _scheduled(f: _Facts) -> dict[str, Any]:
+    if f.unschedulable:
+        return _cond(SCHEDULED, False, "Unschedulable", "; ".join(f.unschedulable))
+    return _cond(SCHEDULED, True, "AllPodsScheduled")
+
+
+def _model_load_failed(f: _Facts) -> dict[str, Any]:
+    if f.failed:
+        return _cond(MODEL_LOAD_FAILED, True, "ContainerFailed", "; ".join(f.failed))
+    return _cond(MODEL_LOAD_FAILED, False, "NoFailure")
+
+
+def _degraded(obs: Observation, f: _Facts) -> dict[str, Any]:
     if obs.resolve_error is not None and obs.model_uri is not None:
         msg = f"serving {obs.model_uri}; resolving {obs.alias_uri} failed: {obs.resolve_error}"
-        out.append(_cond(DEGRADED, True, "ModelResolutionFailed", msg))
-    elif dep is not None and ready < desired and cause is not None:
-        out.append(_cond(DEGRADED, True, cause[0], f"{counts}: {cause[1]}"))
-    else:
-        out.append(_cond(DEGRADED, False, "AsExpected"))
-    return out
+        return _cond(DEGRADED, True, "ModelResolutionFailed", msg)
+    if f.dep is not None and f.ready < f.desired and f.cause is not None:
+        return _cond(DEGRADED, True, f.cause[0], f"{f.counts}: {f.cause[1]}")
+    return _cond(DEGRADED, False, "AsExpected")
+
+
+def conditions(obs: Observation) -> list[dict[str, Any]]:
+    """The conditions for one observation (without timestamps)."""
+    resolved = _model_resolved(obs)
+    out = [resolved] if resolved is not None else []
+    if obs.blocking is not None:
+        reason, message = obs.blocking
+        return [
+            *out,
+            _cond(READY, False, reason, message),
+            _cond(PROGRESSING, False, reason, message),
+        ]
+    if obs.model_uri is None and obs.alias_uri is not None:
+        error = obs.resolve_error or ""
+        return [
+            *out,
+            _cond(READY, False, "ModelResolutionFailed", error),
+            _cond(PROGRESSING, False, "ModelResolutionFailed", error),
+        ]
+    f = _facts(obs)
+    return [
+        *out,
+        _ready(f),
+        _progressing(f),
+        _scheduled(f),
+        _model_load_failed(f),
+        _degraded(obs, f),
+    ]
 
 
 def with_times(
@@ -282,11 +338,20 @@ def with_times(
     return out
 
 
+def _counts(dep: Mapping[str, Any] | None) -> tuple[int, int, int]:
+    st = (dep or {}).get("status", {})
+    return (
+        int(st.get("replicas") or 0),
+        int(st.get("readyReplicas") or 0),
+        int(st.get("updatedReplicas") or 0),
+    )
+
+
 def compute_status(
     obs: Observation, previous: Mapping[str, Any], now: datetime
 ) -> tuple[dict[str, Any], list[Transition]]:
     """The operator-owned part of status, and the condition transitions since `previous`."""
-    replicas, ready, updated, _ = _counts(obs.deployment)
+    replicas, ready, updated = _counts(obs.deployment)
     prev_conditions = list(previous.get("conditions") or [])
     new_conditions = with_times(conditions(obs), prev_conditions, now, obs.generation)
     status: dict[str, Any] = {

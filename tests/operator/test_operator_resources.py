@@ -226,7 +226,7 @@ def test_gateway_url_setting_reaches_every_replica() -> None:
 
 
 def test_scheduling_passthrough_and_no_duplicate_gpu_toleration() -> None:
-    aff = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    aff: dict[str, Any] = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
     objs = build(
         {
             "resources": {"gpu": 1},

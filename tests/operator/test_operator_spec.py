@@ -30,7 +30,7 @@ def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_case(case: dict[str, Any]) -> dict[str, Any]:
-    manifest = copy.deepcopy(TABLE["base"])
+    manifest: dict[str, Any] = copy.deepcopy(TABLE["base"])
     manifest["spec"] = merge(manifest["spec"], case.get("patch", {}))
     if "metadata" in case:
         manifest["metadata"] = case["metadata"]

@@ -20,8 +20,18 @@ def deployment(
     gen: int = 1,
     observed: int = 1,
     deadline: bool = False,
+    replica_failure: str | None = None,
 ) -> dict[str, Any]:
     conds = []
+    if replica_failure is not None:
+        conds.append(
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "reason": "FailedCreate",
+                "message": replica_failure,
+            }
+        )
     if deadline:
         conds.append(
             {
@@ -166,7 +176,7 @@ CASES = [
         ),
         {
             "Ready": ("False", "ModelLoadFailed"),
-            "ModelLoadFailed": ("True", "CrashLoopBackOff"),
+            "ModelLoadFailed": ("True", "ContainerFailed"),
             "Degraded": ("True", "ModelLoadFailed"),
         },
     ),
@@ -175,7 +185,7 @@ CASES = [
         obs(deployment(3, 2, updated=1), [pod("a"), pod("b"), pod("n", ready=False, exit_code=2)]),
         {
             "Ready": ("True", "AllReplicasReady"),
-            "ModelLoadFailed": ("True", "Error"),
+            "ModelLoadFailed": ("True", "ContainerFailed"),
             "Progressing": ("True", "RollingUpdate"),
         },
     ),
@@ -243,6 +253,43 @@ CASES = [
         },
     ),
 ]
+
+
+QUOTA_MSG = 'pods "x-1" is forbidden: exceeded quota: q, requested: pods=1, used: pods=0'
+CASES += [
+    (
+        "replica-failure",
+        obs(deployment(0, 0, replica_failure=QUOTA_MSG), [], desired=1),
+        {"Ready": ("False", "FailedCreate"), "Degraded": ("True", "FailedCreate")},
+    ),
+    (
+        "image-never-pull",
+        obs(deployment(1, 0), [pod("a", ready=False, waiting="ErrImageNeverPull")], desired=1),
+        {"Ready": ("False", "ErrImageNeverPull"), "Degraded": ("True", "ErrImageNeverPull")},
+    ),
+]
+
+
+def test_replica_failure_message_is_in_ready() -> None:
+    by_type = {
+        c["type"]: c
+        for c in st.conditions(obs(deployment(0, 0, replica_failure=QUOTA_MSG), [], desired=1))
+    }
+    assert QUOTA_MSG in by_type["Ready"]["message"]
+    assert QUOTA_MSG in by_type["Degraded"]["message"]
+
+
+def test_crash_loop_keeps_one_reason_and_status() -> None:
+    """The kubelet flips a crashing container's waiting reason between none (just exited,
+    reason Error) and CrashLoopBackOff: the conditions (and so status and Events) must not."""
+    crashed = [pod("a", ready=False, exit_code=1, message=LOAD_MSG)]
+    backing_off = [pod("a", ready=False, exit_code=1, message=LOAD_MSG, waiting="CrashLoopBackOff")]
+    first, _ = st.compute_status(obs(deployment(1, 0), crashed, desired=1), {}, T0)
+    second, transitions = st.compute_status(
+        obs(deployment(1, 0), backing_off, desired=1), first, T0 + timedelta(seconds=20)
+    )
+    assert st.status_patch(second, first) == {}
+    assert transitions == []
 
 
 @pytest.mark.parametrize(("name", "observation", "expected"), CASES, ids=[c[0] for c in CASES])
