@@ -70,8 +70,27 @@ RULES: list[dict[str, Any]] = NAMESPACED_RULES + CLUSTER_RULES
 LABELS = {"app.kubernetes.io/name": "shoal-operator", "app.kubernetes.io/part-of": "shoal"}
 
 
-def _subject(namespace: str) -> list[dict[str, str]]:
-    return [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": namespace}]
+_GROUP = "rbac.authorization.k8s.io"
+
+
+def _role_and_binding(
+    kind: str, rules: list[dict[str, Any]], sa_namespace: str, namespace: str | None
+) -> list[dict[str, Any]]:
+    """A (Cluster)Role with `rules` and its binding to the operator's ServiceAccount."""
+    meta: dict[str, Any] = {"name": SERVICE_ACCOUNT, "labels": LABELS}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    subject = {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": sa_namespace}
+    return [
+        {"apiVersion": f"{_GROUP}/v1", "kind": kind, "metadata": meta, "rules": rules},
+        {
+            "apiVersion": f"{_GROUP}/v1",
+            "kind": f"{kind}Binding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": _GROUP, "kind": kind, "name": SERVICE_ACCOUNT},
+            "subjects": [subject],
+        },
+    ]
 
 
 def manifests(
@@ -86,34 +105,10 @@ def manifests(
             "metadata": {"name": SERVICE_ACCOUNT, "namespace": namespace, "labels": LABELS},
         }
     ]
-    group = "rbac.authorization.k8s.io"
     if watched is None:
-        meta = {"name": SERVICE_ACCOUNT, "labels": LABELS}
-        out.append(
-            {"apiVersion": f"{group}/v1", "kind": "ClusterRole", "metadata": meta,
-             "rules": RULES}
-        )  # fmt: skip
-        out.append(
-            {"apiVersion": f"{group}/v1", "kind": "ClusterRoleBinding", "metadata": meta,
-             "roleRef": {"apiGroup": group, "kind": "ClusterRole", "name": SERVICE_ACCOUNT},
-             "subjects": _subject(namespace)}
-        )  # fmt: skip
-        return out
+        return out + _role_and_binding("ClusterRole", RULES, namespace, None)
     for ns in watched:
-        meta = {"name": SERVICE_ACCOUNT, "namespace": ns, "labels": LABELS}
-        out.append(
-            {
-                "apiVersion": f"{group}/v1",
-                "kind": "Role",
-                "metadata": meta,
-                "rules": NAMESPACED_RULES,
-            }
-        )
-        out.append(
-            {"apiVersion": f"{group}/v1", "kind": "RoleBinding", "metadata": meta,
-             "roleRef": {"apiGroup": group, "kind": "Role", "name": SERVICE_ACCOUNT},
-             "subjects": _subject(namespace)}
-        )  # fmt: skip
+        out += _role_and_binding("Role", NAMESPACED_RULES, namespace, ns)
     return out
 
 

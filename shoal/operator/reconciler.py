@@ -228,17 +228,16 @@ class Reconciler:
 
     # One pass.
     async def sync(self, key: Key) -> None:
-        body = self.index.modelservice(key)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return  # gone or going: the garbage collector takes what it owns
-        md = body["metadata"]
-        state = self.state(key, md["uid"])
-        spec_uri = ((body.get("spec") or {}).get("model") or {}).get("uri")
         try:
+            body = self.index.modelservice(key)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return  # gone or going: the garbage collector takes what it owns
+            state = self.state(key, body["metadata"]["uid"])
             await self._sync(body, state)
             state.failures = 0
         finally:
             self.passes += 1
+        spec_uri = ((body.get("spec") or {}).get("model") or {}).get("uri")
         self._resync_after(key, spec_uri)
 
     async def _sync(self, body: Mapping[str, Any], state: ObjectState) -> None:
@@ -258,6 +257,8 @@ class Reconciler:
             if generation < state.applied_generation:
                 return  # a stale body: a newer spec was already applied
             obs = await self._model_uri(spec, state, obs)
+            if obs.alias_uri is not None and obs.model_uri is None:
+                raise Blocked("ModelResolutionFailed", obs.resolve_error or "")
             obs = replace(obs, deployment=await self._converge(spec, owner, obs.model_uri))
             state.applied_generation = max(state.applied_generation, generation)
         except Blocked as blocked:
@@ -290,8 +291,6 @@ class Reconciler:
             model_version=resolved.version if resolved else None,
             resolve_error=state.resolve_error,
         )
-        if resolved is None:
-            raise Blocked("ModelResolutionFailed", state.resolve_error or "")
         return obs
 
     async def resolve_alias(self, state: ObjectState, uri: str) -> None:
@@ -312,47 +311,57 @@ class Reconciler:
         except ResolutionError as exc:
             state.resolve_error = str(exc)
 
+    async def _observed(self, obj: Mapping[str, Any], key: Key) -> dict[str, Any] | None:
+        current = self.index.owned(obj["kind"], key)
+        if current is None:  # not in the (label-selected) cache: someone else's, or none
+            current = await self.kube.get(obj["apiVersion"], obj["kind"], *key)
+        return current
+
+    async def _apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            applied = await self.kube.apply(obj)
+        except KubeError as exc:
+            if not exc.invalid:
+                raise
+            raise Blocked(
+                "ApplyFailed", f"the API server refused the {obj['kind']}: {exc.message}"
+            ) from None
+        self.writes[obj["kind"]] += 1
+        return applied
+
     async def _converge(
         self, spec: ModelServiceSpec, owner: resources.Owner, model_uri: str | None
     ) -> dict[str, Any] | None:
         """Apply what is missing or drifted; returns the Deployment as it now is."""
         desired = resources.desired_objects(spec, owner, self.settings, model_uri=model_uri)
         key = (owner.namespace, owner.name)
-        observed: dict[str, dict[str, Any] | None] = {}
-        conflicts = []
-        for obj in desired:
-            kind = obj["kind"]
-            current = self.index.owned(kind, key)
-            if current is None:  # not in the (label-selected) cache: someone else's, or none
-                current = await self.kube.get(obj["apiVersion"], kind, *key)
-            if drift.control(current, owner.uid) is drift.Control.FOREIGN:
-                assert current is not None
-                conflicts.append(f"{kind} {key[0]}/{key[1]} {drift.describe_foreign(current)}")
-            observed[kind] = current
+        found = await asyncio.gather(*(self._observed(obj, key) for obj in desired))
+        conflicts = [
+            f"{obj['kind']} {key[0]}/{key[1]} {drift.describe_foreign(current)}"
+            for obj, current in zip(desired, found, strict=True)
+            if current is not None and drift.control(current, owner.uid) is drift.Control.FOREIGN
+        ]
         if conflicts:
             raise Blocked(
                 "ResourceConflict",
                 "; ".join(conflicts) + ": left untouched (delete it, or give the ModelService "
                 "another name)",
             )
-        changed = []
-        for obj in desired:
-            kind = obj["kind"]
-            current = observed[kind]
-            if current is not None and drift.covers(current, obj):
-                continue
-            try:
-                observed[kind] = await self.kube.apply(obj)
-            except KubeError as exc:
-                if not exc.invalid:
-                    raise
-                raise Blocked(
-                    "ApplyFailed", f"the API server refused the {kind}: {exc.message}"
-                ) from None
-            self.writes[kind] += 1
-            changed.append(kind)
-        if changed:
-            object_logger(key).info("applied %s", ", ".join(changed))
+        stale = [
+            obj
+            for obj, current in zip(desired, found, strict=True)
+            if current is None or not drift.covers(current, obj)
+        ]
+        # The pods' ServiceAccount, Service and PDB at once, then the Deployment (its pods
+        # need the ServiceAccount).
+        first = [o for o in stale if o["kind"] != "Deployment"]
+        last = [o for o in stale if o["kind"] == "Deployment"]
+        applied = await asyncio.gather(*(self._apply(o) for o in first))
+        applied += [await self._apply(o) for o in last]
+        if stale:
+            object_logger(key).info("applied %s", ", ".join(o["kind"] for o in stale))
+        observed = {o["kind"]: f for o, f in zip(desired, found, strict=True)}
+        observed.update({o["kind"]: a for o, a in zip(stale, applied, strict=True)})
         return observed.get("Deployment")
 
     async def _write_status(

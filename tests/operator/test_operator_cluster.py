@@ -362,7 +362,8 @@ def test_ready_says_why_replicas_are_missing(op: Operator) -> None:
     )["items"]
     keys = [(e["reason"], e["message"]) for e in events]
     assert len(keys) == len(set(keys)), keys  # a repeat is counted on its Event, not re-posted
-    assert len(events) <= 4, keys
+    # One ModelLoadFailed Event through all the restarts (the reason no longer flips).
+    assert len([k for k in keys if k[0] == "ContainerFailed"]) <= 1, keys
     c = op.condition("crash", "ModelLoadFailed") or {}
     assert c["reason"] == "ContainerFailed"
 
@@ -490,7 +491,13 @@ def _free_port() -> int:
 
 
 def _can_i(cluster: Any, sa: str, verb: str, resource: str, *where: str) -> str:
-    proc = cluster.kubectl("auth", "can-i", verb, resource, *where, f"--as={sa}", check=False)
+    """`kubectl auth can-i` as `sa`; `resource/sub` asks about the subresource (kubectl would
+    read `resource/NAME`)."""
+    resource, _, sub = resource.partition("/")
+    extra = [f"--subresource={sub}"] if sub else []
+    proc = cluster.kubectl(
+        "auth", "can-i", verb, resource, *extra, *where, f"--as={sa}", check=False
+    )
     return str(proc.stdout.strip())
 
 
@@ -538,7 +545,9 @@ def test_cli_without_standalone_or_peering_object_fails_at_start(
         env={**crds.env}, cwd=HERE.parents[1], capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]  # after the start line, one line says why
+    assert line.startswith("shoal operator: no KopfPeering")
     assert f"no KopfPeering in namespace {k8s_namespace}" in line
     assert "--standalone" in line
 
@@ -667,7 +676,7 @@ def test_examples_become_ready_and_answer_v2(op: Operator) -> None:
         )
         op.wait_condition(name, "Ready", "True", "AllReplicasReady")
         row = op.kubectl("get", "msvc", name, "--no-headers").stdout.split()
-        assert row[1:4] == ["True", str(replicas), str(replicas)]
+        assert row[1:5] == ["True", "AllReplicasReady", str(replicas), str(replicas)]
         ips = op.ready_pod_ips(name)
         assert len(ips) == replicas
         for ip in ips:
@@ -714,7 +723,7 @@ def _register_iris(store: Path, *, label_shift: int = 0) -> str:
         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HOME": str(store)},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # mlflow's import and a first sqlite migration are slow on a loaded host
         check=True,
     )
     return proc.stdout.strip().splitlines()[-1]
