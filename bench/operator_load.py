@@ -159,10 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     proc: subprocess.Popen[bytes] | None = None
     try:
         crds = args.code_root / "crds"
-        c.kubectl(
-            "apply", "--server-side", "--force-conflicts",
-            f"-f={crds / 'modelservices.serving.shoal.dev.yaml'}", f"-f={crds / 'kopf-peering.yaml'}",
-        )  # fmt: skip
+        files = [crds / "modelservices.serving.shoal.dev.yaml", crds / "kopf-peering.yaml"]
+        c.kubectl("apply", "--server-side", "--force-conflicts", *(f"-f={f}" for f in files))
         c.kubectl("create", "namespace", NAMESPACE)
         result["baseline"] = window(c, args.window, None)
         env = {**c.env, "PYTHONPATH": str(args.code_root), "SHOAL_OPERATOR_GPU_DEVICE": "auto"}
