@@ -89,11 +89,14 @@ def manifests(start: int, stop: int) -> str:
 
 
 def ready_count(c: cluster_mod.Cluster) -> int:
+    """ModelServices that are Ready and whose rollout is complete: the Deployment controller
+    has caught up too, so what follows is the idle state, not creation's tail."""
     items = c.get_json("msvc", "-n", NAMESPACE)["items"]
     n = 0
     for m in items:
-        conds = {x["type"]: x["status"] for x in (m.get("status") or {}).get("conditions") or []}
-        n += conds.get("Ready") == "True"
+        conds = {x["type"]: x for x in (m.get("status") or {}).get("conditions") or []}
+        ready = conds.get("Ready", {}).get("status") == "True"
+        n += ready and conds.get("Progressing", {}).get("reason") == "RolloutComplete"
     return n
 
 
@@ -205,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if proc is not None:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         cluster_mod.stop(Slot(c.slot), c.pid)
     print(json.dumps(result, indent=2))
     return 0
