@@ -27,15 +27,16 @@ KEY = (NS, NAME)
 class MetricsServer:
     """A real HTTP/1.1 server whose /metrics body the test sets; `hang` never answers."""
 
-    def __init__(self, hang: bool = False) -> None:
+    def __init__(self, hang: bool = False, host: str = "127.0.0.1", port: int = 0) -> None:
         self.body = ""
         self.hang = hang
+        self.host = host
         self.hits = 0
         self._server: asyncio.Server | None = None
-        self.port = 0
+        self.port = port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -63,7 +64,7 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/metrics"
+        return f"http://{self.host}:{self.port}/metrics"
 
 
 def replica_text(inflight: float, queued: float = 0.0, model: str = NAME) -> str:

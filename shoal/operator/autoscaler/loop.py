@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from shoal.operator import spec as api
 from shoal.operator.autoscaler import observe
+from shoal.operator.autoscaler.discovery import GatewayTargets, Resolver, loop_resolver
 from shoal.operator.autoscaler.policy import (
     Config,
     Decision,
@@ -116,12 +117,20 @@ class Autoscaler:
         active: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
         http: httpx.AsyncClient | None = None,
+        resolver: Resolver = loop_resolver,
     ) -> None:
         self.settings = settings
         self.source = source
         self.kube = kube
         self.active = active
         self.clock = clock
+        self.gateways = GatewayTargets(
+            settings.gateway_metrics_urls,
+            resolver=resolver,
+            clock=clock,
+            refresh_s=settings.gateway_dns_refresh_seconds,
+            stale_s=settings.gateway_dns_stale_seconds,
+        )
         self._http = http
         self._own_http = http is None
         self._sem = asyncio.Semaphore(settings.max_concurrent_scrapes)
@@ -190,7 +199,7 @@ class Autoscaler:
         for (scale-from-zero waits on this, not on the next tick)."""
         keys = self.source.keys()
         zero = [k for k in keys if _at_zero(self.source.modelservice(k))]
-        if not zero or not self.settings.gateway_metrics_urls:
+        if not zero or not self.gateways:
             return
         texts = await self._gateways_held()
         for key in zero:
@@ -219,7 +228,7 @@ class Autoscaler:
         s = self.settings
         headers = {"authorization": f"Bearer {s.gateway_token}"} if s.gateway_token else None
         return list(
-            await asyncio.gather(*(self._scrape(u, headers) for u in s.gateway_metrics_urls))
+            await asyncio.gather(*(self._scrape(u, headers) for u in await self.gateways.urls()))
         )
 
     def _model(self, key: Key, uid: str, config: Config) -> _Model:

@@ -20,7 +20,12 @@ class AutoscalerSettings:
     """Scrapes in flight at once, over all ModelServices."""
     gateway_metrics_urls: tuple[str, ...] = ()
     """Gateways' /metrics (e.g. their metrics port, which needs no token), scraped every tick;
-    the held requests are summed over them."""
+    the held requests are summed over them. `dns+http://HOST:PORT/path` stands for every
+    address HOST resolves to (a headless Service: each gateway pod); see discovery.py."""
+    gateway_dns_refresh_seconds: float = 5.0
+    """Least time between two resolutions of one `dns+` entry."""
+    gateway_dns_stale_seconds: float = 30.0
+    """How long a `dns+` entry that no longer resolves keeps its last known addresses."""
     gateway_token: str | None = None
     """Bearer token for gateways whose /metrics needs one."""
     zero_poll_seconds: float = 0.25
@@ -36,7 +41,7 @@ class AutoscalerSettings:
 def from_env(env: Mapping[str, str]) -> AutoscalerSettings:
     """From SHOAL_OPERATOR_AUTOSCALER_* variables (ENABLED, INTERVAL_SECONDS,
     SCRAPE_TIMEOUT_SECONDS, ZERO_POLL_SECONDS, GATEWAY_METRICS_URLS as a comma list,
-    GATEWAY_TOKEN)."""
+    GATEWAY_DNS_REFRESH_SECONDS, GATEWAY_DNS_STALE_SECONDS, GATEWAY_TOKEN)."""
     base = AutoscalerSettings()
     p = "SHOAL_OPERATOR_AUTOSCALER_"
 
@@ -51,5 +56,9 @@ def from_env(env: Mapping[str, str]) -> AutoscalerSettings:
         scrape_timeout_seconds=num("SCRAPE_TIMEOUT_SECONDS", base.scrape_timeout_seconds),
         zero_poll_seconds=num("ZERO_POLL_SECONDS", base.zero_poll_seconds),
         gateway_metrics_urls=urls,
+        gateway_dns_refresh_seconds=num(
+            "GATEWAY_DNS_REFRESH_SECONDS", base.gateway_dns_refresh_seconds
+        ),
+        gateway_dns_stale_seconds=num("GATEWAY_DNS_STALE_SECONDS", base.gateway_dns_stale_seconds),
         gateway_token=env.get(p + "GATEWAY_TOKEN") or None,
     )
