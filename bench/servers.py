@@ -22,6 +22,8 @@ class Knobs:
     max_batch_size: int = 32
     batch_wait_timeout_s: float = 0.005
     torch_threads: int = 1
+    batch_wait_mode: str = "hard"
+    """Shoal only: hard (Ray's rule, what the peers do) or adaptive (work conserving)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ def shoal(hidden: int, knobs: Knobs, stats: str) -> tuple[ServerSpec, list[Endpo
         str(knobs.max_batch_size),
         "--batch-wait-timeout-s",
         str(knobs.batch_wait_timeout_s),
+        "--batch-wait-mode",
+        knobs.batch_wait_mode,
         "--log-format",
         "json",
     ]

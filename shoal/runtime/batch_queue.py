@@ -11,6 +11,14 @@
   is never made to wait again.
 - A batch whose call raises is bisected to find the rows at fault (isolation.py), so a bad
   row fails only its own request; `isolate_failures=False` turns that off.
+- Two wait modes (`BatchPolicy.batch_wait_mode`). "hard" is Ray Serve's rule: a batch short of
+  `max_batch_size` waits `batch_wait_timeout_s` from its first item, even when nothing else is
+  coming, so a lone request on an idle server pays the whole wait. "adaptive" is work
+  conserving: with a batch slot free, a short batch waits only while the measured arrival
+  rate says the remaining wait can fill it (expected arrivals >= the rows missing); otherwise
+  it goes at once. Under load the slot is rarely free, so rows that arrive while the model is
+  busy still form batches from the backlog. The rate is an exponentially decaying count of
+  arrivals (time constant RATE_TAU_S), so it falls back towards zero when traffic stops.
 - Time comes from an injected `Clock`, so tests drive the timer without sleeping.
 """
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +51,11 @@ from shoal.runtime.isolation import Isolated
 
 logger = logging.getLogger(__name__)
 
+WAIT_MODES = ("hard", "adaptive")
+RATE_TAU_S = 0.1
+"""Time constant of the arrival-rate estimate: long enough to smooth a few batches' arrivals,
+short enough that a burst's rate is forgotten within a second of quiet."""
+
 In = TypeVar("In")
 Out = TypeVar("Out")
 
@@ -61,6 +75,9 @@ class BatchPolicy:
     isolate_failures: bool = True
     """When a batch raises, call it again on halves to find the rows at fault (isolation.py);
     off for batch functions whose side effects must not repeat."""
+    batch_wait_mode: str = "hard"
+    """"hard": always wait `batch_wait_timeout_s` for a full batch (Ray Serve's rule).
+    "adaptive": with the model idle, wait only while the arrival rate can fill the batch."""
 
     def __post_init__(self) -> None:
         if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int):
@@ -83,6 +100,11 @@ class BatchPolicy:
             raise ValueError(f"max_queue_size must be None or an int >= 1, got {mqs!r}")
         if not isinstance(self.isolate_failures, bool):
             raise TypeError(f"isolate_failures must be a bool, got {self.isolate_failures!r}")
+        if self.batch_wait_mode not in WAIT_MODES:
+            raise ValueError(
+                f"batch_wait_mode must be one of {', '.join(WAIT_MODES)}, "
+                f"got {self.batch_wait_mode!r}"
+            )
 
     def with_overrides(self, **overrides: Any) -> BatchPolicy:
         """A copy with the non-None overrides applied (flags and env beat the decorator)."""
@@ -142,6 +164,9 @@ class Batcher(Generic[In, Out]):
         self._timer: TimerHandle | None = None
         self._timer_when = 0.0
         self._closed = False
+        self._adaptive = policy.batch_wait_mode == "adaptive"
+        self._rate = 0.0  # decaying arrival count / RATE_TAU_S, as of _rate_at
+        self._rate_at = 0.0
 
     # -- introspection (metrics read these at scrape time) --------------------------------
     @property
@@ -151,6 +176,11 @@ class Batcher(Generic[In, Out]):
     @property
     def running_batches(self) -> int:
         return self._running
+
+    def arrival_rate(self, now: float | None = None) -> float:
+        """Rows per second, exponentially weighted over about RATE_TAU_S."""
+        now = self.clock.time() if now is None else now
+        return self._rate * math.exp(-(now - self._rate_at) / RATE_TAU_S)
 
     @property
     def clock(self) -> Clock:
@@ -186,6 +216,9 @@ class Batcher(Generic[In, Out]):
                 f"{self.name}: queue is full ({len(queue)} waiting, limit {limit}); retry later"
             )
         now = self.clock.time()
+        if self._adaptive:
+            self._rate = self.arrival_rate(now) + len(values) / RATE_TAU_S
+            self._rate_at = now
         rid = current_request_id.get()
         futures: list[asyncio.Future[Out]] = []
         for value in values:
@@ -205,9 +238,11 @@ class Batcher(Generic[In, Out]):
                 queue.popleft()
                 continue
             close_at = head.enqueued_at + policy.batch_wait_timeout_s
-            if len(queue) < policy.max_batch_size and self.clock.time() < close_at:
-                self._arm(close_at)
-                return
+            if len(queue) < policy.max_batch_size:
+                now = self.clock.time()
+                if now < close_at and (not self._adaptive or self._can_fill(now, close_at)):
+                    self._arm(close_at)
+                    return
             items: list[_Item] = []
             while queue and len(items) < policy.max_batch_size:
                 item = queue.popleft()
@@ -224,6 +259,11 @@ class Batcher(Generic[In, Out]):
         ):
             self._timer.cancel()
             self._timer = None
+
+    def _can_fill(self, now: float, close_at: float) -> bool:
+        """Adaptive mode: do the arrivals expected before `close_at` fill the batch?"""
+        missing = self.policy.max_batch_size - len(self._queue)
+        return self.arrival_rate(now) * (close_at - now) >= missing
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:

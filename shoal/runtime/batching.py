@@ -130,6 +130,7 @@ def batch(
     max_concurrent_batches: int = 1,
     max_queue_size: int | None = None,
     isolate_failures: bool = True,
+    batch_wait_mode: str = "hard",
     clock: Clock | None = None,
 ) -> Callable[[Callable[..., Any]], BatchedFunction]: ...
 def batch(
@@ -141,6 +142,7 @@ def batch(
     max_concurrent_batches: int = 1,
     max_queue_size: int | None = None,
     isolate_failures: bool = True,
+    batch_wait_mode: str = "hard",
     clock: Clock | None = None,
 ) -> BatchedFunction | Callable[[Callable[..., Any]], BatchedFunction]:
     """Batch calls to a function or method that takes a list of inputs and returns a list.
@@ -153,6 +155,10 @@ def batch(
     fail (a `ValueError`/`TypeError` from one row is its client's 400) and the others get
     their answers; `isolate_failures=False` fails the whole batch instead (for a function with
     side effects that must not repeat). See shoal/runtime/isolation.py for the bound.
+
+    `batch_wait_mode="hard"` waits `batch_wait_timeout_s` for a full batch even when the server
+    is idle (Ray Serve's rule); "adaptive" dispatches at once when the model is idle and the
+    measured arrival rate cannot fill the batch within the wait (see batch_queue.py).
     """
     policy = BatchPolicy(
         max_batch_size=max_batch_size,
@@ -160,6 +166,7 @@ def batch(
         max_concurrent_batches=max_concurrent_batches,
         max_queue_size=max_queue_size,
         isolate_failures=isolate_failures,
+        batch_wait_mode=batch_wait_mode,
     )
 
     def decorate(func: Callable[..., Any]) -> BatchedFunction:

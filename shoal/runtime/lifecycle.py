@@ -119,6 +119,7 @@ class Runtime:
                     device,
                     f"batched: max_batch_size={policy.max_batch_size} "
                     f"batch_wait_timeout_s={policy.batch_wait_timeout_s} "
+                    f"batch_wait_mode={policy.batch_wait_mode} "
                     f"max_concurrent_batches={policy.max_concurrent_batches} "
                     f"max_queue_size={policy.max_queue_size}"
                     if policy

@@ -42,6 +42,8 @@ class ServeSettings:
     """Overrides every batched model's decorator value (SHOAL_MAX_BATCH_SIZE)."""
     batch_wait_timeout_s: float | None = None
     """Overrides the decorator's wait (SHOAL_BATCH_WAIT_TIMEOUT_S)."""
+    batch_wait_mode: str | None = None
+    """hard or adaptive: overrides the decorator's (SHOAL_BATCH_WAIT_MODE); see batch_queue.py."""
     max_concurrent_batches: int | None = None
     """Overrides the decorator's value (SHOAL_MAX_CONCURRENT_BATCHES)."""
     max_queue_size: int | None = None
@@ -91,6 +93,7 @@ class ServeSettings:
         return {
             "max_batch_size": self.max_batch_size,
             "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            "batch_wait_mode": self.batch_wait_mode,
             "max_concurrent_batches": self.max_concurrent_batches,
             "max_queue_size": self.max_queue_size,
         }
@@ -126,6 +129,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", help="torch device: auto, cpu, cuda, cuda:N (SHOAL_DEVICE)")
     add("--max-batch-size", type=int)
     add("--batch-wait-timeout-s", type=float)
+    add(
+        "--batch-wait-mode",
+        choices=["hard", "adaptive"],
+        help="hard: always wait --batch-wait-timeout-s for a full batch; adaptive: with the "
+        "model idle, wait only while the arrival rate can fill it (SHOAL_BATCH_WAIT_MODE)",
+    )
     add("--max-concurrent-batches", type=int)
     add("--max-queue-size", type=int)
     add("--request-timeout-s", type=float)
@@ -151,6 +160,7 @@ _ENV = {
     "device": ("SHOAL_DEVICE", str),
     "max_batch_size": ("SHOAL_MAX_BATCH_SIZE", int),
     "batch_wait_timeout_s": ("SHOAL_BATCH_WAIT_TIMEOUT_S", float),
+    "batch_wait_mode": ("SHOAL_BATCH_WAIT_MODE", str),
     "max_concurrent_batches": ("SHOAL_MAX_CONCURRENT_BATCHES", int),
     "max_queue_size": ("SHOAL_MAX_QUEUE_SIZE", int),
     "request_timeout_s": ("SHOAL_REQUEST_TIMEOUT_S", float),

@@ -34,6 +34,7 @@ def test_defaults() -> None:
     assert s.batch_overrides() == {
         "max_batch_size": None,
         "batch_wait_timeout_s": None,
+        "batch_wait_mode": None,
         "max_concurrent_batches": None,
         "max_queue_size": None,
     }
@@ -50,6 +51,7 @@ def test_env_only_as_the_operator_starts_pods() -> None:
         "SHOAL_DEVICE": "cpu",
         "SHOAL_MAX_BATCH_SIZE": "64",
         "SHOAL_BATCH_WAIT_TIMEOUT_S": "0.002",
+        "SHOAL_BATCH_WAIT_MODE": "adaptive",
         "SHOAL_MAX_QUEUE_SIZE": "100",
         "SHOAL_REQUEST_TIMEOUT_S": "5",
         "SHOAL_GRACE_PERIOD_S": "12",
@@ -61,6 +63,7 @@ def test_env_only_as_the_operator_starts_pods() -> None:
     assert s.batch_overrides() == {
         "max_batch_size": 64,
         "batch_wait_timeout_s": 0.002,
+        "batch_wait_mode": "adaptive",
         "max_concurrent_batches": None,
         "max_queue_size": 100,
     }
