@@ -146,6 +146,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
         BinaryName = "{RUNC}"
+        Root = "{c / "state" / "runc"}"
   [{cri}.cni]
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "{node.cni_conf_dir}"

@@ -33,7 +33,9 @@ def test_containerd_config_keeps_everything_under_the_node_folder(node: config.R
     paths += [cri["cni"]["conf_dir"], doc["plugins"]["io.containerd.internal.v1.opt"]["path"]]
     assert all(Path(p).is_relative_to(node.root) for p in paths), paths
     runc = cri["containerd"]["runtimes"]["runc"]["options"]
-    assert runc == {"SystemdCgroup": False, "BinaryName": config.RUNC}
+    assert runc["SystemdCgroup"] is False
+    assert runc["BinaryName"] == config.RUNC
+    assert Path(runc["Root"]).is_relative_to(node.root)  # runc's state too, not /run/containerd
 
 
 def test_sockets_ports_and_pod_ranges_are_unique_across_nodes_and_slots() -> None:
