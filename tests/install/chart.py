@@ -33,7 +33,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "annotations": {"traefik.ingress.kubernetes.io/router.entrypoints": "websecure"},
             "tls": {"secretName": "models-tls"},
         },
-        "networkPolicy": {"enabled": True},
+        "networkPolicy": {
+            "enabled": True,
+            "metricsFrom": [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}
+            ],
+        },
         "grafanaDashboard": {"enabled": True},
     },
     "no-auth-no-ingress": {

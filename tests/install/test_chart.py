@@ -17,6 +17,8 @@ import yaml
 from e2e.cluster import Cluster
 from shoal import metric_names
 from shoal.operator import rbac
+from shoal.operator.autoscaler import settings as autoscaler_settings
+from shoal.operator.autoscaler.discovery import GatewayTargets
 from shoal.operator.settings import DEFAULT_IMAGE, OperatorSettings
 from tests.install import chart
 from tests.install.chart import VALUE_SETS, by_kind, documents, template, values_file
@@ -211,6 +213,87 @@ def test_service_monitor_needs_the_prometheus_operator_api(tmp_path: Path) -> No
     assert all(m["metadata"]["labels"]["release"] == "prom" for m in monitors)
 
 
+def _env(deployment: dict[str, Any]) -> dict[str, str]:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in c.get("env") or []}
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_the_autoscaler_discovers_every_gateway_through_a_headless_service(
+    name: str, tmp_path: Path
+) -> None:
+    """The gateway serves /metrics without a token on its `metrics` port; a headless Service
+    for that port resolves to every ready gateway pod, and the operator's autoscaler is given
+    its name as a dns+ entry (so the held requests are summed over all pods, not one)."""
+    docs = rendered(tmp_path, name, ns="models")
+    gw = _deployment(docs, "-gateway")
+    (c,) = gw["spec"]["template"]["spec"]["containers"]
+    assert "--metrics-port=9090" in c["args"]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"]
+    assert c["readinessProbe"]["httpGet"]["port"] == "metrics", "health there needs no token"
+    (svc,) = [
+        d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "shoal-gateway-metrics"
+    ]
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    pod_labels = gw["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    urls = _env(_deployment(docs, "-operator"))["SHOAL_OPERATOR_AUTOSCALER_GATEWAY_METRICS_URLS"]
+    assert urls == "dns+http://shoal-gateway-metrics.models.svc.cluster.local:9090/metrics"
+    settings = autoscaler_settings.from_env(
+        {"SHOAL_OPERATOR_AUTOSCALER_GATEWAY_METRICS_URLS": urls}
+    )
+    (entry,) = GatewayTargets(settings.gateway_metrics_urls).dns
+    assert (entry.host, entry.port, entry.path) == (
+        "shoal-gateway-metrics.models.svc.cluster.local",
+        9090,
+        "/metrics",
+    )
+
+
+def test_the_gateway_service_monitor_scrapes_the_metrics_port(tmp_path: Path) -> None:
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump({"serviceMonitor": {"enabled": True}}))
+    docs = documents(
+        template("-f", str(path), "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+    )
+    (mon,) = [
+        m for m in by_kind(docs, "ServiceMonitor") if m["metadata"]["name"] == "shoal-gateway"
+    ]
+    assert [e["port"] for e in mon["spec"]["endpoints"]] == ["metrics"]
+    wanted = mon["spec"]["selector"]["matchLabels"].items()
+    selected = [
+        d["metadata"]["name"]
+        for d in by_kind(docs, "Service")
+        if wanted <= d["metadata"]["labels"].items()
+    ]
+    assert selected == ["shoal-gateway-metrics"], "only the Service with the tokenless port"
+
+
+def test_only_the_operator_and_the_scraper_reach_the_gateways_metrics_port(
+    tmp_path: Path,
+) -> None:
+    docs = rendered(tmp_path, "everything")
+    (pol,) = [d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == "shoal-gateway"]
+    rules = pol["spec"]["ingress"]
+    assert {"ports": [{"port": "http", "protocol": "TCP"}]} in rules, "HTTP from anywhere"
+    (metrics,) = [r for r in rules if r["ports"] == [{"port": "metrics", "protocol": "TCP"}]]
+    operator = _deployment(docs, "-operator")["spec"]["template"]["metadata"]["labels"]
+    (own, scraper) = metrics["from"]
+    assert own["podSelector"]["matchLabels"].items() <= operator.items()
+    assert own["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "shoal"}}
+    assert scraper == VALUE_SETS["everything"]["networkPolicy"]["metricsFrom"][0]
+
+
+def test_the_metrics_port_must_differ_from_the_http_port(tmp_path: Path) -> None:
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump({"gateway": {"metricsPort": 8080}}))
+    out = chart.helm("template", "x", str(chart.CHART), "-f", str(path), check=False)
+    assert "gateway.metricsPort must differ from gateway.containerPort" in out
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -220,6 +303,8 @@ def test_service_monitor_needs_the_prometheus_operator_api(tmp_path: Path) -> No
         ({"gateway": {"auth": {"tokens": {"t": 3}}}}, "tokens"),
         ({"ingress": {"tls": {"secretName": 5}}}, "secretName"),
         ({"image": {"tag": "1", "colour": "blue"}}, "colour"),
+        ({"gateway": {"metricsPort": 0}}, "metricsPort"),
+        ({"networkPolicy": {"metricsFrom": "everyone"}}, "metricsFrom"),
     ],
 )
 def test_the_schema_refuses_unknown_keys_and_wrong_types(

@@ -44,6 +44,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.gateway.auth.existingSecret | default (printf "%s-tokens" (include "shoal.gateway.name" .)) -}}
 {{- end -}}
 
+{{/* The headless Service of the gateways' metrics port, and the autoscaler's dns+ entry for
+it: the name resolves to every ready gateway pod, each is scraped and the held requests summed. */}}
+{{- define "shoal.gateway.metricsName" -}}{{ include "shoal.gateway.name" . }}-metrics{{- end -}}
+{{- define "shoal.gateway.metricsDiscovery" -}}
+dns+http://{{ include "shoal.gateway.metricsName" . }}.{{ .Release.Namespace }}.svc.{{ .Values.operator.clusterDomain }}:{{ .Values.gateway.metricsPort }}/metrics
+{{- end -}}
 {{- define "shoal.gateway.url" -}}
 http://{{ include "shoal.gateway.name" . }}.{{ .Release.Namespace }}.svc.{{ .Values.operator.clusterDomain }}:{{ .Values.gateway.service.port }}
 {{- end -}}
