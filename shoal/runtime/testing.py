@@ -149,7 +149,11 @@ class ServeProcess:
         self._dir.cleanup()
 
     def __enter__(self) -> ServeProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # a server that never got ready must not outlive the test
+            raise
 
     def __exit__(
         self,
