@@ -3,11 +3,14 @@
 `helm install` (operator and gateway as pods from the chart, values-local.yaml) -> the iris and
 GPU examples applied with kubectl -> Ready -> answers over V1 and V2 through a real ingress
 controller (Traefik, a host process on the cluster's API) with the generated token, 401 without
--> `helm upgrade` with new tokens takes effect -> SIGKILL of the leading operator pod: the other
-takes over (once the dead leader's peering entry expires: up to kopf's 60 s lifetime) and
-reconciles a change -> `kubectl delete msvc` removes what the operator made ->
-`helm uninstall` leaves only the CRDs. The time from `helm install` to both models Ready is
-written to the cluster's log folder (journey-timings.json) and printed.
+-> a ModelService at 0 replicas (autoscaling, minReplicas 0) answers a request through the
+ingress: the gateway holds it, the operator's autoscaler finds it through the chart's headless
+gateway metrics Service and scales from zero -> `helm upgrade` with new tokens takes effect ->
+SIGKILL of the leading operator pod: the other takes over (once the dead leader's peering
+entry expires: up to kopf's 60 s lifetime) and reconciles a change -> `kubectl delete msvc`
+removes what the operator made -> `helm uninstall` leaves only the CRDs. The time from
+`helm install` to both models Ready is written to the cluster's log folder
+(journey-timings.json) and printed.
 """
 
 from __future__ import annotations
@@ -36,6 +39,19 @@ RELEASE = "shoal"
 MODELS = {"iris": ROOT / "examples" / "iris.yaml", "iris-gpu": ROOT / "examples" / "iris-gpu.yaml"}
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [7.7, 3.0, 6.1, 2.3]
+ZERO_NAME = "iris-zero"
+ZERO = {
+    "apiVersion": "serving.shoal.dev/v1alpha1",
+    "kind": "ModelService",
+    "metadata": {"name": ZERO_NAME},
+    "spec": {
+        "model": {"class": "examples.iris:LogisticIris"},
+        "replicas": 0,
+        "autoscaling": {"minReplicas": 0, "maxReplicas": 1, "targetQueueDepth": 4},
+        "resources": {"cpu": "250m", "memory": "512Mi"},
+        "health": {"startupTimeoutSeconds": 120},
+    },
+}
 
 
 @pytest.fixture
@@ -69,6 +85,15 @@ def _infer(url: str, model: str, token: str) -> httpx.Response:
     body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": VIRGINICA}]}
     headers = {"Authorization": f"Bearer {token}"}
     return httpx.post(f"{url}/v2/models/{model}/infer", json=body, headers=headers, timeout=30)
+
+
+def _held_predict(url: str, token: str) -> httpx.Response | None:
+    """A request to the model at zero replicas: the gateway holds it until a replica is ready
+    (its deadline covers a replica's start on a loaded machine)."""
+    headers = {"Authorization": f"Bearer {token}", "x-shoal-timeout-ms": "80000"}
+    body = {"instances": [SETOSA]}
+    r = httpx.post(f"{url}/v1/models/{ZERO_NAME}:predict", json=body, headers=headers, timeout=85)
+    return None if r.status_code == 404 else r  # 404: the gateway has not seen the model yet
 
 
 def _tokens(cluster: Cluster, ns: str) -> dict[str, Any]:
@@ -139,6 +164,29 @@ def test_journey_from_helm_install_to_uninstall(
         assert r.json()["model_name"] == model
         assert _predict(ingress.url, model, None, [SETOSA]).status_code == 401
         assert _predict(ingress.url, model, "not-" + token, [SETOSA]).status_code == 401
+
+    # -- scale from zero: the autoscaler (in the operator pod) finds every gateway pod through
+    # the chart's headless metrics Service (dns+http://) and sees the held request ----------
+    t_zero = time.monotonic()
+    c.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(ZERO))
+    c.wait_for(
+        lambda: c.get_json("deploy", ZERO_NAME, "-n", ns)["spec"]["replicas"] == 0,
+        60,
+        f"{ZERO_NAME} made at 0 replicas",
+    )
+    held = c.wait_for(
+        lambda: _held_predict(ingress.url, token),
+        90,
+        f"a request to {ZERO_NAME} held and answered",
+    )
+    assert held.status_code == 200, held.text
+    assert [p["class"] for p in held.json()["predictions"]] == ["setosa"]
+    assert c.get_json("deploy", ZERO_NAME, "-n", ns)["spec"]["replicas"] == 1
+    events = c.get_json("events", "-n", ns, "--field-selector", "reason=Autoscaled")["items"]
+    assert any(
+        e["involvedObject"]["name"] == ZERO_NAME and "from zero" in e["message"] for e in events
+    ), [e["message"] for e in events]
+    timings["scale_from_zero_through_ingress_s"] = round(time.monotonic() - t_zero, 1)
 
     # -- helm upgrade with new tokens: the new one is taken, the old one refused ------------
     t2 = time.monotonic()
