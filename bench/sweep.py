@@ -94,6 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"- {c} clients: adaptive/hard req/s {ad.rps / h.rps:.2f}, batch "
             f"{ad.mean_batch:.1f} vs {h.mean_batch:.1f}"
         )
+    for c in (4, 64):
+        if c in clients:
+            h, ad = rows["hard", c][0], rows["adaptive", c][0]
+            for what, x, y in (
+                ("req/s", ad.rps, h.rps),
+                ("mean batch", ad.mean_batch, h.mean_batch),
+            ):
+                verdict = "met" if x >= y else "missed"
+                print(f"- goal {c} clients {what} adaptive >= hard: {x:.1f} vs {y:.1f}: {verdict}")
     if 1 in clients:
         p50 = rows["adaptive", 1][0].p50_ms
         verdict = "met" if p50 <= one_row + 1.0 else "missed"
