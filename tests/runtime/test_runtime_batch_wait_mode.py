@@ -12,28 +12,11 @@ import pytest
 import shoal
 from shoal.runtime.batch_queue import RATE_TAU_S, Batcher, BatchPolicy
 from shoal.runtime.clock import FakeClock
-
-
-class Recorder:
-    """An async batch function that records its batches; optionally gated."""
-
-    def __init__(self, gate: asyncio.Event | None = None) -> None:
-        self.batches: list[list[Any]] = []
-        self.gate = gate
-
-    async def __call__(self, items: list[Any]) -> list[Any]:
-        self.batches.append(list(items))
-        if self.gate is not None:
-            await self.gate.wait()
-        return [x * 10 for x in items]
+from tests.runtime.test_runtime_batching import Recorder, result
 
 
 def make(fn: Any, clock: FakeClock, mode: str, **policy: Any) -> Batcher[Any, Any]:
     return Batcher(fn, BatchPolicy(batch_wait_mode=mode, **policy), is_async=True, clock=clock)
-
-
-async def result(fut: asyncio.Future[Any]) -> Any:
-    return await asyncio.wait_for(fut, timeout=5)
 
 
 async def steady(b: Batcher[Any, Any], clock: FakeClock, seconds: float) -> None:
