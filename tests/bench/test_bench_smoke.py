@@ -43,7 +43,12 @@ def test_floor_run_writes_json_and_table(tmp_path: Path) -> None:
     (out,) = tmp_path.glob("*.json")
     doc = json.loads(out.read_text())
     assert doc["failures"] == []
-    assert doc["knobs"] == {"max_batch_size": 32, "batch_wait_timeout_s": 0.005, "torch_threads": 1}
+    assert doc["knobs"] == {
+        "max_batch_size": 32,
+        "batch_wait_timeout_s": 0.005,
+        "batch_wait_mode": "hard",
+        "torch_threads": 1,
+    }
     limit = doc["limits"]["W1"]
     assert limit["rows_per_s"] > 0
     assert len(limit["expected"]) == 10
