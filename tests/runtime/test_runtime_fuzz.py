@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -113,12 +114,12 @@ def mutate_v1(rng: random.Random) -> bytes:
 
 
 async def call(app: ShoalApp, path: str, body: bytes, headers: list[Any]) -> tuple[int, bytes]:
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
