@@ -1,15 +1,12 @@
-"""The images real nodes run, built here with podman (no registry is reachable): a Debian base
-from debootstrap, a pause image from a static C program, and Shoal's runtime image. Each is
-cached (podman's store, plus an OCI archive per image under the e2e cache) and rebuilt only when
-its inputs change; nodes import the archives into their own containerd.
-
-Until the project's own image build (scripts/image) exists, the runtime image is built here from
-the checkout; ``SHOAL_E2E_IMAGE`` names another local podman image to use instead.
+"""The images real nodes run, built here with podman (no registry is reachable): a pause image
+from a static C program, and Shoal's own image from the project's Dockerfile (``scripts/image
+slim``, which caches its debootstrap base and podman's layers). Each is kept as an OCI archive
+per image id under the e2e cache; nodes import the archives into their own containerd.
+``SHOAL_E2E_IMAGE`` names another local podman image to run instead.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -23,13 +20,10 @@ from e2e.network import HarnessError
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BASE_REF = "localhost/shoal-e2e-base:bookworm-slim"
+IMAGE_SCRIPT = REPO_ROOT / "scripts" / "image"
 PAUSE_REF = "localhost/shoal-e2e-pause:1"
-RUNTIME_REPO = "localhost/shoal-e2e-runtime"
 # The operator's default image: nodes also know the runtime image by this name.
 DEFAULT_REF = "ghcr.io/shoal-dev/shoal:0.1.0"
-DEBIAN_MIRROR = os.environ.get("SHOAL_E2E_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-RUNTIME_UID = 1000
 
 PAUSE_C = r"""
 #include <signal.h>
@@ -39,22 +33,6 @@ int main(void) {
   signal(SIGTERM, done); signal(SIGINT, done);
   for (;;) pause();
 }
-"""
-
-RUNTIME_CONTAINERFILE = f"""
-FROM {BASE_REF}
-COPY requirements.txt /build/requirements.txt
-RUN python3 -m venv /opt/shoal \\
- && /opt/shoal/bin/pip install --no-cache-dir --disable-pip-version-check \\
-      -r /build/requirements.txt
-COPY src /build/src
-RUN /opt/shoal/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \\
-      /build/src && rm -rf /build
-COPY examples /app/examples
-ENV PATH=/opt/shoal/bin:/usr/bin:/bin PYTHONPATH=/app PYTHONDONTWRITEBYTECODE=1
-WORKDIR /app
-USER {RUNTIME_UID}:{RUNTIME_UID}
-ENTRYPOINT ["shoal"]
 """
 
 
@@ -102,42 +80,6 @@ def _build(context: Path, ref: str, what: str) -> None:
     _run(argv, what, env={**os.environ, "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt"})
 
 
-def ensure_base() -> None:
-    """A minimal Debian bookworm with python3 (debootstrap, ~30 s once), as a podman image."""
-    if _exists(BASE_REF):
-        return
-    if shutil.which("debootstrap") is None or shutil.which("podman") is None:
-        raise HarnessError("real nodes need podman and debootstrap: run scripts/setup-system")
-    with tempfile.TemporaryDirectory(prefix="shoal-base-") as tmp:
-        root = Path(tmp, "root")
-        log.info("debootstrap bookworm from %s", DEBIAN_MIRROR)
-        _run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                "--include=python3,python3-venv,ca-certificates",
-                "bookworm",
-                str(root),
-                DEBIAN_MIRROR,
-            ],
-            "debootstrap of the base image",
-        )
-        # Package caches, docs and locales are a third of the tree: every node imports it and
-        # every `down` deletes it, on a disk shared with everything else.
-        for sub in (
-            "var/cache/apt",
-            "var/lib/apt/lists",
-            "usr/share/doc",
-            "usr/share/man",
-            "usr/share/locale",
-            "usr/share/info",
-        ):
-            shutil.rmtree(root / sub, ignore_errors=True)
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        _run(["podman", "import", "-", BASE_REF], "podman import of the base", stdin=tar.stdout)
-        tar.wait()
-
-
 def ensure_pause() -> None:
     if _exists(PAUSE_REF):
         return
@@ -153,48 +95,16 @@ def ensure_pause() -> None:
         _build(Path(tmp), PAUSE_REF, "building the pause image")
 
 
-def _requirements() -> list[str]:
-    import tomllib
-
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    return list(project["dependencies"])
-
-
-def _runtime_inputs() -> list[Path]:
-    files = [REPO_ROOT / "pyproject.toml", REPO_ROOT / "README.md"]
-    for top in ("shoal", "examples"):
-        files += sorted(
-            p for p in (REPO_ROOT / top).rglob("*") if p.is_file() and "__pycache__" not in p.parts
-        )
-    return files
-
-
-def runtime_tag() -> str:
-    """A content hash of everything the runtime image is built from."""
-    h = hashlib.sha256(RUNTIME_CONTAINERFILE.encode())
-    for p in _runtime_inputs():
-        h.update(str(p.relative_to(REPO_ROOT)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def ensure_runtime() -> str:
-    """Builds Shoal's runtime image from the checkout (cached by content); returns its ref."""
-    ref = f"{RUNTIME_REPO}:{runtime_tag()}"
-    if _exists(ref):
-        return ref
-    with tempfile.TemporaryDirectory(prefix="shoal-runtime-") as tmp:
-        ctx = Path(tmp)
-        (ctx / "requirements.txt").write_text("\n".join(_requirements()) + "\n")
-        src = ctx / "src"
-        src.mkdir()
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy(REPO_ROOT / name, src / name)
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        shutil.copytree(REPO_ROOT / "shoal", src / "shoal", ignore=ignore)
-        shutil.copytree(REPO_ROOT / "examples", ctx / "examples", ignore=ignore)
-        (ctx / "Containerfile").write_text(RUNTIME_CONTAINERFILE)
-        _build(ctx, ref, "building the runtime image")
-    return ref
+    """Shoal's image from the project's Dockerfile (scripts/image slim: seconds when nothing
+    changed); returns its reference, the operator's default image."""
+    if shutil.which("podman") is None or shutil.which("debootstrap") is None:
+        raise HarnessError("real nodes need podman and debootstrap: run scripts/setup-system")
+    proc = _run(["bash", str(IMAGE_SCRIPT), "slim"], "scripts/image slim")
+    lines = proc.stdout.split()
+    if not lines:
+        raise HarnessError("scripts/image slim printed no image reference")
+    return lines[-1]
 
 
 def archive(ref: str) -> Path:
@@ -212,7 +122,6 @@ def archive(ref: str) -> Path:
 
 def ensure_all() -> NodeImages:
     """Everything a node needs, built or found in the caches."""
-    ensure_base()
     ensure_pause()
     override = os.environ.get("SHOAL_E2E_IMAGE")
     if override and not _exists(override):
