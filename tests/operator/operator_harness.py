@@ -249,3 +249,36 @@ class Load:
                 self.ok += 1
             except Exception as exc:
                 self.failures.append(f"{ip}: {exc}")
+
+
+# -- shared by the cluster test files ---------------------------------------------------------
+
+ADDER: dict[str, Any] = {
+    "model": {"class": "examples.adder:Adder", "config": {"increment": 1}},
+    "replicas": 2,
+    "batching": {"maxBatchSize": 8, "batchWaitTimeoutMs": 2},
+    "health": {"startupTimeoutSeconds": 60, "readinessPeriodSeconds": 1},
+    "drain": {"delaySeconds": 3, "gracePeriodSeconds": 5},
+}
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def cluster_wait(op: Operator, pred: Any, what: str, timeout: float = 90) -> Any:
+    return op.cluster.wait_for(pred, timeout, what)
+
+
+def deployment_env(op: Operator, name: str) -> dict[str, str]:
+    dep = op.get("deployment", name) or {}
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in c["env"]}
