@@ -262,18 +262,6 @@ ADDER: dict[str, Any] = {
 }
 
 
-def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def cluster_wait(op: Operator, pred: Any, what: str, timeout: float = 90) -> Any:
     return op.cluster.wait_for(pred, timeout, what)
 

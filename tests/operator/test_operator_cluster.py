@@ -5,13 +5,13 @@ own RBAC is in test_operator_cluster_cli.py, the examples in test_operator_examp
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from manifests import TABLE, build_case, merge
 from operator_harness import (
     ADDER,
     FakeClock,
@@ -21,7 +21,6 @@ from operator_harness import (
     deployment_env,
     infer_v2,
     manifest,
-    merge,
     operator_settings,
     running_operator,
 )
@@ -33,15 +32,6 @@ OWNED = ("deployment", "service", "serviceaccount", "poddisruptionbudget")
 DRIFT_DEADLINE = 10.0
 """Repair takes well under 2 s on an idle machine (bench/RESULTS.md); slack for a loaded one."""
 _SELECTOR_EDIT = '{"spec":{"selector":{"serving.shoal.dev/model":"other"}}}'
-TABLE = yaml.safe_load((HERE / "invalid_manifests.yaml").read_text())
-
-
-def _case(case: dict[str, Any]) -> dict[str, Any]:
-    doc: dict[str, Any] = copy.deepcopy(TABLE["base"])
-    doc["spec"] = merge(doc["spec"], case.get("patch", {}))
-    if "metadata" in case:
-        doc["metadata"] = case["metadata"]
-    return doc
 
 
 def test_api_server_rejects_the_invalid_table(crds: Any, k8s_namespace: str) -> None:
@@ -51,7 +41,7 @@ def test_api_server_rejects_the_invalid_table(crds: Any, k8s_namespace: str) -> 
     for case in cases:
         proc = crds.kubectl(
             "apply", "-n", k8s_namespace, "--dry-run=server", "-f", "-",
-            input=yaml.safe_dump(_case(case)), check=False,
+            input=yaml.safe_dump(build_case(case)), check=False,
         )  # fmt: skip
         if proc.returncode == 0 or case["error"] not in proc.stderr:
             wrong.append(f"{case['id']}: rc={proc.returncode} {proc.stderr.strip()[:300]}")
@@ -252,7 +242,7 @@ def test_gpu_replicas_land_on_gpu_nodes_and_unschedulable_is_reported(op: Operat
 def test_what_the_schema_cannot_catch_becomes_a_condition(op: Operator) -> None:
     cases = [c for c in TABLE["cases"] if c["rejected_by"] == "operator"]
     for case in cases:
-        doc = _case(case)
+        doc = build_case(case)
         doc["metadata"]["name"] = case["id"]
         op.apply(doc)
     expected = {

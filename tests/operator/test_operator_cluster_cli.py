@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from operator_harness import ADDER, Operator, manifest, merge
+from manifests import merge
+from operator_harness import ADDER, Operator, manifest
 
 from shoal.operator import rbac
 

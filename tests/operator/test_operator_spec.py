@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from manifests import TABLE, build_case
 from pydantic import ValidationError
 
 from shoal.operator import spec as api
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-TABLE = yaml.safe_load((HERE / "invalid_manifests.yaml").read_text())
-
-
-def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def build_case(case: dict[str, Any]) -> dict[str, Any]:
-    manifest: dict[str, Any] = copy.deepcopy(TABLE["base"])
-    manifest["spec"] = merge(manifest["spec"], case.get("patch", {}))
-    if "metadata" in case:
-        manifest["metadata"] = case["metadata"]
-    return manifest
 
 
 SCHEMA_CASES = [c for c in TABLE["cases"] if c["rejected_by"] == "schema"]
