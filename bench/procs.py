@@ -26,6 +26,15 @@ def free_port() -> int:
         return port
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (held open together while chosen, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     name: str
@@ -46,6 +55,12 @@ class Server:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def _fields(stat: str) -> list[str]:
+    """The fields of a /proc/PID/stat line after the parenthesised command name (which may hold
+    spaces): state ppid pgrp session ... utime (index 11) stime (12)."""
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def _sessions() -> Iterator[tuple[int, int, int]]:
     """(pid, session id, utime + stime in ticks) of every live process, from /proc."""
     for entry in os.scandir("/proc"):
@@ -56,8 +71,7 @@ def _sessions() -> Iterator[tuple[int, int, int]]:
                 stat = f.read().decode(errors="replace")
         except OSError:
             continue  # exited meanwhile
-        # After the parenthesised command name (which may hold spaces): state ppid pgrp session ..
-        rest = stat[stat.rindex(")") + 2 :].split()
+        rest = _fields(stat)
         yield int(entry.name), int(rest[3]), int(rest[11]) + int(rest[12])
 
 
@@ -69,6 +83,14 @@ def session_cpu_seconds(sids: Iterable[int]) -> float:
     CPU per request is steadier than requests per second."""
     wanted = set(sids)
     return sum(ticks for _, sid, ticks in _sessions() if sid in wanted) / _CLK_TCK
+
+
+def pid_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read().decode(errors="replace")
+    rest = _fields(stat)
+    return (int(rest[11]) + int(rest[12])) / _CLK_TCK
 
 
 def post(url: str, body: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
