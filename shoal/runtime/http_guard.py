@@ -77,6 +77,9 @@ class _TooManyHeaders(Exception):
     pass
 
 
+_Base = HttpToolsProtocol
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits = Limits()
     idle: dict[GuardedHttpToolsProtocol, None] = {}
@@ -87,7 +90,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.phase = Phase.IDLE
         self._head_bytes = 0
-        self._header_count = 0
         self._timer: asyncio.TimerHandle | None = None
         self._refused = False
 
@@ -128,9 +130,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             and not self.transport.is_closing()
         )
 
+    # The overrides below run for every request, so they call the base class directly (no
+    # `super()` lookup) and keep to a few attribute checks: the guard's first version cost
+    # ~12 us a request on the V1 hot path (bench/RESULTS.md), mostly in per-header and
+    # per-response Python frames. Eviction re-checks `is_idle()`, so the registry may hold a
+    # connection that has since become busy or closed.
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.is_idle():
+        _Base.on_response_complete(self)
+        if self.phase is Phase.IDLE and not self.pipeline:
             self.idle[self] = None
 
     # -- bytes in ---------------------------------------------------------------------------
@@ -138,8 +145,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._unset_keepalive_if_required()
+        phase = self.phase
         try:
-            self._feed(data)
+            if phase is Phase.BODY:
+                self.parser.feed_data(data)
+            elif self._head_bytes + len(data) <= self.limits.max_header_bytes:
+                # the usual case: the whole read fits what is left of the head budget
+                self._head_bytes += len(data)
+                self.parser.feed_data(data)
+            else:
+                self._feed_bounded(data)
         except httptools.HttpParserCallbackError as exc:
             if not isinstance(exc.__cause__ or exc.__context__, _TooManyHeaders):
                 raise
@@ -152,13 +167,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             self._unsupported_upgrade_warning()  # ws="none": no upgrades here
             return
-        if self._timer is None and not self.transport.is_closing():
-            if self.phase is Phase.HEAD:
-                self._arm(self.limits.head_timeout_s)
-            elif self.phase is Phase.BODY:
-                self._arm(self.limits.body_timeout_s)
+        phase = self.phase
+        if phase is Phase.IDLE or self.transport.is_closing():
+            return
+        if phase is Phase.HEAD and len(self.headers) > self.limits.max_header_count:
+            # a head still open after this read: its fields so far count (a complete head's
+            # are counted in on_headers_complete)
+            self._close_with(_TOO_MANY_HEADERS)
+        elif self._timer is None:
+            self._arm(
+                self.limits.head_timeout_s if phase is Phase.HEAD else self.limits.body_timeout_s
+            )
 
-    def _feed(self, data: bytes) -> None:
+    def _feed_bounded(self, data: bytes) -> None:
         """Feed the parser, at most what is left of the head budget while a head is being read;
         the rest (the body, the next request) only once that head is complete."""
         limit = self.limits.max_header_bytes
@@ -180,29 +201,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
             data = data[room:]
 
-    # -- parser callbacks -----------------------------------------------------------------
+    # -- parser callbacks (uvicorn's, plus the phase) ----------------------------------------
     def on_message_begin(self) -> None:
         self.phase = Phase.HEAD
-        self._header_count = 0
         self.idle.pop(self, None)
-        super().on_message_begin()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_header_count:
-            raise _TooManyHeaders
-        super().on_header(name, value)
+        _Base.on_message_begin(self)
 
     def on_headers_complete(self) -> None:
+        if len(self.headers) > self.limits.max_header_count:
+            raise _TooManyHeaders
         self.phase = Phase.BODY
         self._head_bytes = 0
-        self._disarm()
-        super().on_headers_complete()
+        if self._timer is not None:
+            self._disarm()
+        _Base.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         self.phase = Phase.IDLE
-        self._disarm()
-        super().on_message_complete()
+        if self._timer is not None:
+            self._disarm()
+        _Base.on_message_complete(self)
 
     # -- timers and answers -----------------------------------------------------------------
     def _arm(self, seconds: float) -> None:

@@ -141,6 +141,20 @@ def test_too_many_header_fields_are_431_and_closed(server: ServeProcess) -> None
     assert b"too many header fields" in answer
 
 
+def test_too_many_fields_of_an_unfinished_head_are_431_before_it_ends(
+    server: ServeProcess,
+) -> None:
+    # a slow client's fields, one write each, the head never terminated: the count is checked
+    # after every read, so the server need not hold the whole head to refuse it
+    with connect(server) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n")
+        for i in range(25):
+            send_all_tolerating_close(sock, b"x-h%d: 1\r\n" % i)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert b"too many header fields" in answer
+
+
 def test_a_slow_head_is_408_and_closed(server: ServeProcess) -> None:
     with connect(server) as sock:
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n")  # ...and never the rest
