@@ -117,9 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         a.json.write_text(json.dumps(doc, indent=2) + "\n")
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"## Gateway fan-out: 1 model over {', '.join(map(str, counts))} replicas ({now})\n")
-    print(
-        f"Command: `PYTHONPATH=$PWD .venv/bin/python -m bench.gateway_scale {shlex.join(args)}`\n"
-    )
+    command = "PYTHONPATH=$PWD .venv/bin/python -m bench.gateway_scale " + shlex.join(args)
+    print(f"Command: `{command.strip()}`\n")
     print(
         f"{os.cpu_count()} CPUs, load average {load0[0]:.1f} at start, {load1[0]:.1f} at end; "
         f"{a.connections} closed-loop connections, {a.warmup:g} s warm-up + {a.duration:g} s "
