@@ -44,6 +44,9 @@ class Measurement:
     server_cpu_s: float = 0.0
     """CPU time (user+sys) of the server's sessions (all its processes) during the window."""
     cpu_ms_per_request: float = 0.0
+    front_cpu_ms_per_request: float = 0.0
+    """CPU per request of the first session alone: for the gateway, the gateway without the
+    replica behind it; for a direct server, the same as cpu_ms_per_request."""
     round: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,11 +93,13 @@ def measure(
     calls0, rows0 = read_counter_file(stats_path)
     hist0 = scrape_batch_histogram(metrics_url) if metrics_url else None
     cpu0 = session_cpu_seconds(sids)
+    front0 = session_cpu_seconds(sids[:1])
     res = loadgen.run(
         loadgen.Load(url, body, plan.connections, plan.duration_s, plan.wrk_threads),
         plan.generator,
     )
     cpu1 = session_cpu_seconds(sids)
+    front1 = session_cpu_seconds(sids[:1])
     calls1, rows1 = read_counter_file(stats_path)
     hist1 = scrape_batch_histogram(metrics_url) if metrics_url else None
     calls, rows = calls1 - calls0, rows1 - rows0
@@ -122,4 +127,5 @@ def measure(
         generator=res.generator,
         server_cpu_s=cpu1 - cpu0,
         cpu_ms_per_request=(cpu1 - cpu0) * 1e3 / res.requests if res.requests else 0.0,
+        front_cpu_ms_per_request=(front1 - front0) * 1e3 / res.requests if res.requests else 0.0,
     )

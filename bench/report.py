@@ -27,7 +27,16 @@ def _find(
 
 
 _KEY = ("workload", "server", "protocol", "connections")
-_MEDIANS = ("rps", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "mean_batch", "cpu_ms_per_request")
+_MEDIANS = (
+    "rps",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "mean_ms",
+    "mean_batch",
+    "cpu_ms_per_request",
+    "front_cpu_ms_per_request",
+)
 
 
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -39,7 +48,8 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for key, rs in groups.items():
         row: dict[str, Any] = dict(zip(_KEY, key, strict=True))
         for m in _MEDIANS:
-            row[m] = statistics.median(r[m] for r in rs)
+            # runs recorded before a measure existed lack it: 0.0, shown as "-"
+            row[m] = statistics.median(r.get(m, 0.0) for r in rs)
         row["errors"] = sum(r["errors"] for r in rs)
         row["rounds"] = len(rs)
         row["rps_min"] = min(r["rps"] for r in rs)
@@ -87,6 +97,10 @@ def _rounds(doc: dict[str, Any]) -> str:
     if n <= 1:
         return ""
     return f"; {n} rounds, peer order reversed on odd rounds, medians shown (req/s range)"
+
+
+def _cpu(ms: float) -> str:
+    return f"{ms:.3f}" if ms else "-"
 
 
 def _goal(ok: bool) -> str:
@@ -154,17 +168,20 @@ def markdown(doc: dict[str, Any]) -> str:
                     f"| {wname} | {proto.upper()} | {c} | {d['rps']:,.0f} | {g['rps']:,.0f} "
                     f"| {_fmt_ms(d['p50_ms'])} | {_fmt_ms(g['p50_ms'])} "
                     f"| {g['p50_ms'] - d['p50_ms']:+.2f} | {_fmt_ms(d['p99_ms'])} "
-                    f"| {_fmt_ms(g['p99_ms'])} | {g['p99_ms'] - d['p99_ms']:+.2f} |\n"
+                    f"| {_fmt_ms(g['p99_ms'])} | {g['p99_ms'] - d['p99_ms']:+.2f} "
+                    f"| {_cpu(g['front_cpu_ms_per_request'])} |\n"
                 )
     if gw_lines:
         out.append("\n### Gateway: the same replica direct vs through `shoal gateway`\n\n")
         out.append(
             "| workload | protocol | clients | direct req/s | gateway req/s | direct p50 "
-            "| gateway p50 | added p50 ms | direct p99 | gateway p99 | added p99 ms |\n"
+            "| gateway p50 | added p50 ms | direct p99 | gateway p99 | added p99 ms "
+            "| gateway's own CPU ms/req |\n"
         )
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
         out.extend(gw_lines)
     out.extend(_goals(doc, rows, conns, mod))
+    out.extend(_limit_goals(rows, conns))
     if doc["failures"]:
         out.append("\nFailures:\n")
         for f in doc["failures"]:
@@ -244,4 +261,52 @@ def _goals(doc: dict[str, Any], rows: list[dict[str, Any]], conns: int, mod: int
         lines.append(", ".join(parts) + " (context, no goal)\n")
     if lines:
         lines.insert(0, "\nGoals (issues 3 and 6):\n\n")
+    return lines
+
+
+def _limit_goals(rows: list[dict[str, Any]], conns: int) -> list[str]:
+    """Issue 16: V2 as cheap as V1, the runtime within 10 % of the floor, the gateway >= 0.8x
+    direct (each judged within this run: ratios, not absolute numbers)."""
+    lines: list[str] = []
+    v1 = _find(rows, "W1", "shoal", conns, "v1")
+    v2 = _find(rows, "W1", "shoal", conns, "v2")
+    if v1 is not None and v2 is not None and v1["rps"]:
+        x = v2["rps"] / v1["rps"]
+        lines.append(f"- W1 Shoal V2 / V1 req/s: {x:.2f} (goal >= 0.95): {_goal(x >= 0.95)}\n")
+    for wname in ("W1", "W2"):
+        floor = _find(rows, wname, "floor", conns)
+        if floor is None or not floor["rps"]:
+            continue
+        for proto in ("v1", "v2"):
+            s = _find(rows, wname, "shoal", conns, proto)
+            if s is None:
+                continue
+            x = s["rps"] / floor["rps"]
+            extra = s["p99_ms"] - floor["p99_ms"]
+            ok = x >= 0.9 and (wname != "W1" or extra <= 1.0)
+            p99 = f", p99 {extra:+.2f} ms vs the floor's (goal <= +1 ms)" if wname == "W1" else ""
+            lines.append(
+                f"- {wname} Shoal {proto.upper()} / floor req/s: {x:.2f} (goal >= 0.9){p99}: "
+                f"{_goal(ok)}\n"
+            )
+            if wname == "W1" and s["cpu_ms_per_request"] and floor["cpu_ms_per_request"]:
+                c = s["cpu_ms_per_request"] / floor["cpu_ms_per_request"]
+                lines.append(
+                    f"- W1 Shoal {proto.upper()} server CPU per request / floor's: {c:.2f} "
+                    f"(goal <= 1.15): {_goal(c <= 1.15)}\n"
+                )
+    for proto in ("v1", "v2"):
+        d = _find(rows, "W1", "shoal", conns, proto)
+        g = _find(rows, "W1", "shoal-gateway", conns, proto)
+        if d is None or g is None or not d["rps"]:
+            continue
+        x = g["rps"] / d["rps"]
+        own = g.get("front_cpu_ms_per_request") or 0.0
+        cost = f", the gateway's own CPU {own:.3f} ms/req" if own else ""
+        lines.append(
+            f"- W1 through the gateway / direct, {proto.upper()} at {conns} clients: {x:.2f} "
+            f"(goal >= 0.8){cost}: {_goal(x >= 0.8)}\n"
+        )
+    if lines:
+        lines.insert(0, "\nGoals (issue 16, within this run):\n\n")
     return lines

@@ -24,6 +24,7 @@ def _row(
         "mean_batch": kw.pop("mean_batch", 32.0),
         "errors": 0,
         "cpu_ms_per_request": kw.pop("cpu", 0.1),
+        "front_cpu_ms_per_request": kw.pop("front", 0.0),
         "server_reported_mean_batch": None,
         "generator": "wrk",
         "round": kw.pop("round", 0),
@@ -93,6 +94,34 @@ def test_table_ratios_limit_share_gateway_and_goals() -> None:
     # Added latency at 4 clients: +0.50 ms p50, +2.50 ms p99: both under the goal.
     assert "| W1 | V2 | 4 | 800 | 700 | 5.50 | 6.00 | +0.50 | 7.00 | 9.50 | +2.50 |" in md
     assert "p50 +0.50 ms (goal < 1 ms), p99 +2.50 ms (goal < 3 ms): met" in md
+
+
+def test_issue_16_goals_are_judged_within_the_run() -> None:
+    results = [
+        _row("floor", "v1", 12000, 4.0, 9.0, cpu=0.05),
+        _row("shoal", "v2", 11000, 5.0, 10.0, cpu=0.06),
+        _row("shoal", "v1", 10000, 5.0, 12.0, cpu=0.05),
+        _row("shoal-gateway", "v2", 6000, 9.0, 15.0, cpu=0.2, front=0.08),
+        _row("floor", "v1", 4000, 4.0, 9.0, workload="W2"),
+        _row("shoal", "v2", 3800, 15.0, 30.0, workload="W2"),
+    ]
+    md = report.markdown(_doc(results))
+    assert "- W1 Shoal V2 / V1 req/s: 1.10 (goal >= 0.95): met" in md
+    # 11000/12000 = 0.92 and p99 exactly +1 ms: met; its CPU 0.06/0.05 = 1.2: missed
+    assert (
+        "- W1 Shoal V2 / floor req/s: 0.92 (goal >= 0.9), p99 +1.00 ms vs the floor's "
+        "(goal <= +1 ms): met" in md
+    )
+    assert "- W1 Shoal V2 server CPU per request / floor's: 1.20 (goal <= 1.15): MISSED" in md
+    assert "- W1 Shoal V1 / floor req/s: 0.83 (goal >= 0.9), p99 +3.00 ms" in md
+    assert "- W1 Shoal V1 server CPU per request / floor's: 1.00 (goal <= 1.15): met" in md
+    assert "- W2 Shoal V2 / floor req/s: 0.95 (goal >= 0.9): met" in md
+    assert (
+        "- W1 through the gateway / direct, V2 at 64 clients: 0.55 (goal >= 0.8), "
+        "the gateway's own CPU 0.080 ms/req: MISSED" in md
+    )
+    assert "| W1 | V2 | 64 | 11,000 | 6,000 |" in md
+    assert "| +5.00 | 0.080 |" in md
 
 
 def test_missed_goal_and_failures_are_reported() -> None:
