@@ -123,6 +123,8 @@ def container_env(
         {"name": "SHOAL_GRACE_PERIOD_S", "value": str(spec.drain.grace_period_seconds)},
         {"name": "SHOAL_DEVICE", "value": settings.gpu_device if spec.resources.gpu else "cpu"},
     ]
+    if b.wait_mode is not None:  # unset: the model's own decorator decides
+        env.append({"name": "SHOAL_BATCH_WAIT_MODE", "value": b.wait_mode})
     if settings.gateway_url:
         env.append({"name": "SHOAL_GATEWAY_URL", "value": settings.gateway_url})
     user_names = {e.name for e in spec.env}

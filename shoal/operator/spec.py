@@ -70,6 +70,7 @@ RESERVED_ENV_NAMES = (
     "SHOAL_PORT",
     "SHOAL_MAX_BATCH_SIZE",
     "SHOAL_BATCH_WAIT_TIMEOUT_S",
+    "SHOAL_BATCH_WAIT_MODE",
     "SHOAL_MAX_QUEUE_SIZE",
     "SHOAL_GRACE_PERIOD_S",
     "SHOAL_DEVICE",
@@ -162,6 +163,15 @@ class Batching(_Spec):
         ge=1,
         le=1_000_000,
         description="Requests queued per replica before it answers 503 with Retry-After.",
+    )
+    wait_mode: Literal["hard", "adaptive"] | None = Field(
+        default=None,
+        description=(
+            "`hard`: a short batch always waits batchWaitTimeoutMs for more requests (Ray "
+            "Serve's rule). `adaptive`: with the model idle, it waits only while the measured "
+            "arrival rate can fill the batch, so a lone request goes at once. Unset: the "
+            "model's `@shoal.batch(batch_wait_mode=...)`, else the runtime's default."
+        ),
     )
 
 

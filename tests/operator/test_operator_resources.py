@@ -106,6 +106,14 @@ def test_runtime_contract_env_command_and_port() -> None:
     }
 
 
+@pytest.mark.parametrize("mode", ["hard", "adaptive"])
+def test_batch_wait_mode_reaches_the_runtime_only_when_set(mode: str) -> None:
+    env = {e["name"]: e["value"] for e in container(build({}))["env"]}
+    assert "SHOAL_BATCH_WAIT_MODE" not in env  # the model's decorator decides
+    c = container(build({"batching": {"waitMode": mode}}))
+    assert {e["name"]: e["value"] for e in c["env"]}["SHOAL_BATCH_WAIT_MODE"] == mode
+
+
 @pytest.mark.parametrize(
     ("raw", "image", "pull"),
     [
