@@ -5,6 +5,9 @@ with the gateway process's own CPU time and, for fake replicas, how requests spr
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import shlex
 import statistics
 import sys
 from collections.abc import Sequence
@@ -129,4 +132,15 @@ def median_row(rows: Sequence[GatewayRow]) -> GatewayRow:
         gateway_cpu_s=statistics.median(r.gateway_cpu_s for r in rows),
         cpu_ms_per_request=statistics.median(r.cpu_ms_per_request for r in rows),
         per_replica=mid.per_replica,
+    )
+
+
+def section_head(title: str, module: str, args: Sequence[str], loads: tuple[float, float]) -> str:
+    """The opening of a bench/RESULTS.md section: title with the time, the exact command, the
+    machine's CPUs and load average (the machine is shared: the load says how noisy it was)."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = f"PYTHONPATH=$PWD .venv/bin/python -m {module} {shlex.join(args)}".strip()
+    return (
+        f"## {title} ({now})\n\nCommand: `{command}`\n\n{os.cpu_count()} CPUs, load average "
+        f"{loads[0]:.1f} at start, {loads[1]:.1f} at end; "
     )

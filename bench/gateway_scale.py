@@ -16,18 +16,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
-import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench import servers
-from bench.gateway_load import V2_PATH, GatewayRow, fake_replicas, gateway, measure, median_row
+from bench.gateway_load import (
+    V2_PATH,
+    GatewayRow,
+    fake_replicas,
+    gateway,
+    measure,
+    median_row,
+    section_head,
+)
 from bench.procs import running
 
 log = logging.getLogger("bench.gateway_scale")
@@ -115,13 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.json is not None:
         doc = {str(n): [r.to_dict() for r in rs] for n, rs in rounds.items()}
         a.json.write_text(json.dumps(doc, indent=2) + "\n")
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"## Gateway fan-out: 1 model over {', '.join(map(str, counts))} replicas ({now})\n")
-    command = "PYTHONPATH=$PWD .venv/bin/python -m bench.gateway_scale " + shlex.join(args)
-    print(f"Command: `{command.strip()}`\n")
+    title = f"Gateway fan-out: 1 model over {', '.join(map(str, counts))} replicas"
     print(
-        f"{os.cpu_count()} CPUs, load average {load0[0]:.1f} at start, {load1[0]:.1f} at end; "
-        f"{a.connections} closed-loop connections, {a.warmup:g} s warm-up + {a.duration:g} s "
+        section_head(title, "bench.gateway_scale", args, (load0[0], load1[0]))
+        + f"{a.connections} closed-loop connections, {a.warmup:g} s warm-up + {a.duration:g} s "
         f"per row, {a.rounds} rounds (order alternating), medians.\n"
     )
     print("\n".join(table(rows)))

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
-import shlex
 import sys
 import tempfile
 import timeit
@@ -26,7 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import servers
-from bench.gateway_load import V2_PATH, GatewayRow, fake_replicas, gateway, measure, median_row
+from bench.gateway_load import (
+    V2_PATH,
+    GatewayRow,
+    fake_replicas,
+    gateway,
+    measure,
+    median_row,
+    section_head,
+)
 from bench.mlp import create_counter_file
 from bench.procs import Server, running
 from bench.upstream_clients import POOLS, split_request
@@ -163,13 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for kind, rows in results.items()
         }
         a.json.write_text(json.dumps(doc, indent=2) + "\n")
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"## Gateway upstream client: hand-written pool vs {', '.join(POOLS)} ({now})\n")
-    command = "PYTHONPATH=$PWD .venv/bin/python -m bench.gateway_upstreams " + shlex.join(args)
-    print(f"Command: `{command.strip()}`\n")
+    title = f"Gateway upstream client: hand-written pool vs {', '.join(POOLS)}"
     print(
-        f"{os.cpu_count()} CPUs, load average {load0[0]:.1f} at start, {load1[0]:.1f} at end; "
-        f"{a.warmup:g} s warm-up + {a.duration:g} s per row, {a.rounds} rounds (order "
+        section_head(title, "bench.gateway_upstreams", args, (load0[0], load1[0]))
+        + f"{a.warmup:g} s warm-up + {a.duration:g} s per row, {a.rounds} rounds (order "
         f"alternating), medians. The adapters' re-split of the request bytes: "
         f"{split_cost_us():.1f} us per request (included in their CPU).\n"
     )

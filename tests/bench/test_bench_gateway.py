@@ -14,31 +14,23 @@ from bench.upstream_clients import split_request
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_gateway_scale_prints_a_row_per_count_and_spreads_requests(tmp_path: Path) -> None:
-    out = tmp_path / "rows.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.gateway_scale",
-        "--counts",
-        "1,3",
-        "--connections",
-        "8",
-        "--duration",
-        "2",
-        "--warmup",
-        "0",
-        "--rounds",
-        "1",
-        "--generator",
-        "python",
-        "--json",
-        str(out),
-    ]
+def _run(module: str, *args: str) -> str:
+    """Run a bench script with tiny settings and the Python load generator; its stdout."""
+    cmd = [sys.executable, "-m", module, *args, "--warmup", "0", "--rounds", "1"]
+    cmd += ["--generator", "python"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
-    lines = proc.stdout.splitlines()
+
+def test_gateway_scale_prints_a_row_per_count_and_spreads_requests(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    stdout = _run(
+        "bench.gateway_scale", "--counts", "1,3", "--connections", "8", "--duration", "2",
+        "--json", str(out),
+    )  # fmt: skip
+
+    lines = stdout.splitlines()
     assert any(line.startswith("| 1 | ") for line in lines)
     assert any(line.startswith("| 3 | ") for line in lines)
     (verdict,) = [line for line in lines if line.startswith("- Gateway CPU per request")]
@@ -74,29 +66,12 @@ def test_gateway_upstreams_compares_every_client_through_the_real_gateway(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "rows.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.gateway_upstreams",
-        "--replicas",
-        "fake",
-        "--connections",
-        "4",
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-        "--rounds",
-        "1",
-        "--generator",
-        "python",
-        "--json",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    stdout = _run(
+        "bench.gateway_upstreams", "--replicas", "fake", "--connections", "4", "--duration", "1",
+        "--json", str(out),
+    )  # fmt: skip
 
-    table = [line for line in proc.stdout.splitlines() if line.startswith("| fake | 4 |")]
+    table = [line for line in stdout.splitlines() if line.startswith("| fake | 4 |")]
     assert [line.split(" | ")[2] for line in table] == [
         "none (direct)",
         "shoal pool (hand-written)",
