@@ -34,6 +34,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from shoal.runtime.http_cork import CorkedTransport
+
 logger = logging.getLogger(__name__)
 
 
@@ -97,6 +99,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         full = len(self.connections) >= self.limits.max_connections
         super().connection_made(transport)
+        self._corked = CorkedTransport(transport)
         if full and not self._evict_an_idle_connection():
             self._refused = True
             logger.warning("refused a connection: %d open", len(self.connections))
@@ -136,6 +139,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # per-response Python frames. Eviction re-checks `is_idle()`, so the registry may hold a
     # connection that has since become busy or closed.
     def on_response_complete(self) -> None:
+        self._corked.flush()  # a head-only response (HEAD, an empty body) is out now
         _Base.on_response_complete(self)
         if self.phase is Phase.IDLE and not self.pipeline:
             self.idle[self] = None
@@ -215,6 +219,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._disarm()
         _Base.on_headers_complete(self)
+        cycle = self.cycle
+        if cycle is not None:
+            # head and body of its response in one write (http_cork.py)
+            cycle.transport = self._corked  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self.phase = Phase.IDLE
