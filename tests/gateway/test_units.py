@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -219,3 +222,40 @@ def test_metrics_count_codes_latency_buckets_and_retries() -> None:
     assert 'shoal_gateway_request_duration_seconds_bucket{le="+Inf",model="iris"} 3.0' in text
     assert 'shoal_gateway_request_duration_seconds_count{model="iris"} 3.0' in text
     assert 'shoal_gateway_retries_total{model="iris",reason="connect"} 1.0' in text
+
+
+class CountingReplicas(list[Rep]):
+    """A replica list that counts how many of its members were looked at."""
+
+    def __init__(self, reps: list[Rep]) -> None:
+        super().__init__(reps)
+        self.reads = 0
+
+    def __getitem__(self, i: Any) -> Any:
+        self.reads += 1
+        return super().__getitem__(i)
+
+    def __iter__(self) -> Iterator[Rep]:
+        for r in super().__iter__():
+            self.reads += 1
+            yield r
+
+
+def test_p2c_looks_at_two_replicas_not_all_when_all_are_usable() -> None:
+    reps = CountingReplicas([Rep(str(i), i % 7) for i in range(1000)])
+    rng = random.Random(3)
+    for _ in range(100):
+        reps.reads = 0
+        assert pick(reps, rng, now=0.0) is not None
+        assert reps.reads == 2, "P2C over 1000 usable replicas must be O(1)"
+
+
+def test_p2c_with_some_ejected_stays_uniform_over_the_usable_pairs() -> None:
+    reps = [Rep(str(i)) for i in range(6)]
+    reps[0].ejected_until = reps[1].ejected_until = 10.0  # 0 and 1 are ejected
+    rng = random.Random(7)
+    counts = collections.Counter(pick(reps, rng, now=5.0).name for _ in range(8000))  # type: ignore[union-attr]
+    assert set(counts) == {"2", "3", "4", "5"}
+    # equal load, ties to the first drawn: each usable replica ~1/4 of the picks
+    for name in "2345":
+        assert counts[name] == pytest.approx(2000, rel=0.1)
