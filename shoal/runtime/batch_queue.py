@@ -19,6 +19,11 @@
   it goes at once. Under load the slot is rarely free, so rows that arrive while the model is
   busy still form batches from the backlog. The rate is an exponentially decaying count of
   arrivals (time constant RATE_TAU_S), so it falls back towards zero when traffic stops.
+  One more wait in adaptive mode: right after a batch, a short batch waits up to that batch's
+  own duration (never past `batch_wait_timeout_s`). Closed-loop clients send their next rows
+  when their answers arrive, in a wave just after each batch; without this grace the few rows
+  queued during the call went alone and the wave formed the next batch (measured at 64
+  clients: mean batch 23.5 against hard mode's 28.7). A lone request arrives after it.
 - Time comes from an injected `Clock`, so tests drive the timer without sleeping.
 """
 
@@ -167,6 +172,8 @@ class Batcher(Generic[In, Out]):
         self._adaptive = policy.batch_wait_mode == "adaptive"
         self._rate = 0.0  # decaying arrival count / RATE_TAU_S, as of _rate_at
         self._rate_at = 0.0
+        self._started_at = 0.0  # the latest batch's start (adaptive mode's grace)
+        self._grace_until = 0.0
 
     # -- introspection (metrics read these at scrape time) --------------------------------
     @property
@@ -240,9 +247,13 @@ class Batcher(Generic[In, Out]):
             close_at = head.enqueued_at + policy.batch_wait_timeout_s
             if len(queue) < policy.max_batch_size:
                 now = self.clock.time()
-                if now < close_at and (not self._adaptive or self._can_fill(now, close_at)):
-                    self._arm(close_at)
-                    return
+                if now < close_at:
+                    if not self._adaptive or self._can_fill(now, close_at):
+                        self._arm(close_at)
+                        return
+                    if now < self._grace_until:
+                        self._arm(min(close_at, self._grace_until))
+                        return
             items: list[_Item] = []
             while queue and len(items) < policy.max_batch_size:
                 item = queue.popleft()
@@ -284,6 +295,8 @@ class Batcher(Generic[In, Out]):
         loop = self._loop
         assert loop is not None
         self._running += 1
+        if self._adaptive:
+            self._started_at = self.clock.time()
         if self.on_batch is not None:
             self.on_batch(len(items))
         values = [item.value for item in items]
@@ -377,6 +390,9 @@ class Batcher(Generic[In, Out]):
                 if not item.future.done():
                     item.future.set_exception(ModelError(f"{self.name}: batch did not finish"))
             self._running -= 1
+            if self._adaptive:
+                now = self.clock.time()
+                self._grace_until = now + (now - self._started_at)
             if not self._closed:
                 self._maybe_dispatch()
 

@@ -97,3 +97,42 @@ async def test_rows_arriving_while_the_model_is_busy_form_one_batch() -> None:
     assert await result(first) == 10
     assert [await result(f) for f in backlog] == [20, 30, 40, 50]
     assert rec.batches == [[1], [2, 3, 4, 5]]  # the backlog as one batch, no wait
+
+
+async def test_after_a_batch_a_short_batch_waits_up_to_that_batch_s_duration() -> None:
+    clock, gate = FakeClock(), asyncio.Event()
+    rec = Recorder(gate)
+    b = make(rec, clock, "adaptive", max_batch_size=32, batch_wait_timeout_s=0.005)
+    first = b.submit(1)  # idle: goes at once
+    await asyncio.sleep(0)
+    clock.advance(0.001)  # the call takes 1 ms
+    early = b.submit(2)  # queued during the call
+    gate.set()
+    assert await result(first) == 10
+    # the batch took 1 ms: the row queued during it waits up to 1 ms for the wave behind it
+    assert (b.queue_depth, b.running_batches) == (1, 0)
+    clock.advance(0.0005)
+    wave = b.submit_many([3, 4])
+    assert b.queue_depth == 3
+    clock.advance(0.0005)  # the grace is over: what is queued goes as one batch
+    assert [await result(f) for f in [early, *wave]] == [20, 30, 40]
+    assert rec.batches == [[1], [2, 3, 4]]
+    # long after, a lone request is not held by an old grace
+    clock.advance(1.0)
+    assert await result(b.submit(5)) == 50
+    assert rec.batches[-1] == [5]
+
+
+async def test_the_grace_never_outlasts_the_batch_wait_timeout() -> None:
+    clock, gate = FakeClock(), asyncio.Event()
+    rec = Recorder(gate)
+    b = make(rec, clock, "adaptive", max_batch_size=32, batch_wait_timeout_s=0.002)
+    first = b.submit(1)
+    await asyncio.sleep(0)
+    late = b.submit(2)  # queued at once: its wait closes 2 ms from now
+    clock.advance(0.010)  # a 10 ms call
+    gate.set()
+    assert await result(first) == 10
+    # already past its own 2 ms: it goes now, not after a 10 ms grace
+    assert await result(late) == 20
+    assert rec.batches == [[1], [2]]
