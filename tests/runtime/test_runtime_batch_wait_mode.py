@@ -136,3 +136,18 @@ async def test_the_grace_never_outlasts_the_batch_wait_timeout() -> None:
     # already past its own 2 ms: it goes now, not after a 10 ms grace
     assert await result(late) == 20
     assert rec.batches == [[1], [2]]
+
+
+async def test_no_grace_when_nothing_was_queued_during_the_batch() -> None:
+    clock, gate = FakeClock(), asyncio.Event()
+    rec = Recorder(gate)
+    b = make(rec, clock, "adaptive", max_batch_size=32, batch_wait_timeout_s=0.005)
+    first = b.submit(1)
+    await asyncio.sleep(0)
+    clock.advance(0.001)  # a 1 ms call, nothing queued meanwhile
+    gate.set()
+    assert await result(first) == 10
+    clock.advance(0.0001)  # one client's next request, right after its answer
+    nxt = b.submit(2)
+    assert (b.queue_depth, b.running_batches) == (0, 1), "a lone request goes at once"
+    assert await result(nxt) == 20
