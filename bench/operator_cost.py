@@ -187,16 +187,20 @@ def reconcile_cost(
     """`edits` edits one after another over the first min(count, edits) ModelServices. Each is
     one reconcile chain on its own: the next starts once the previous has rolled out and the
     operator has sent nothing between two scrapes (its trailing Event included), so editing one
-    object 20 times costs what editing 20 objects once does. The operator's requests and CPU
-    are divided by `edits`; CPU also net of the idle rate measured just before (kopf's
-    bookkeeping, resyncs), since the quiet waits are in the span."""
+    object 20 times costs what editing 20 objects once does. Requests are counted over the
+    whole span; CPU only from each patch to its rollout (the quiet waits would add idle CPU),
+    then also net of the idle rate measured just before (kopf's bookkeeping, the autoscaler's
+    ticks, resyncs), with the share that subtraction took."""
     names = [f"m{i % count:04d}" for i in range(edits)]
     kinds0, op0 = scrape(c)
-    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    t0 = time.monotonic()
     observed: list[float] = []
     rolled_out: list[float] = []
+    cpu = 0.0
     for k, name in enumerate(names):
+        cpu0 = cpu_seconds(pid)
         seen, done = edit_and_wait(api, ns, name, first_value + k, deadline_s)
+        cpu += cpu_seconds(pid) - cpu0
         observed.append(seen)
         rolled_out.append(done)
         last: list[int] = []
@@ -208,9 +212,9 @@ def reconcile_cost(
 
         c.wait_for(quiet, deadline_s, f"the operator quiet after edit {k} of {name}", 0.5)
     span = time.monotonic() - t0
-    cpu = cpu_seconds(pid) - cpu0
     kinds1, op1 = scrape(c)
     delta = kinds1 - kinds0
+    idle = min(cpu, idle_cpu_per_s * sum(rolled_out))
     return {
         "edits": edits,
         "objects_edited": len(set(names)),
@@ -219,9 +223,8 @@ def reconcile_cost(
         # Every user's, the bench's own PATCH and WATCH modelservices too.
         "by_kind_all_users": dict(delta.most_common(10)),
         "cpu_ms_per_edit": round(cpu / edits * 1000, 1),
-        "cpu_ms_per_edit_net_of_idle": round(
-            max(0.0, cpu - idle_cpu_per_s * span) / edits * 1000, 1
-        ),
+        "cpu_ms_per_edit_net_of_idle": round((cpu - idle) / edits * 1000, 1),
+        "idle_share_of_cpu": round(idle / cpu, 2) if cpu > 0 else 0.0,
         "latency_ms": {
             what: {
                 "p50": round(_percentile(values, 50) * 1000, 1),
@@ -235,15 +238,15 @@ def reconcile_cost(
 def flatness(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """met/missed: the largest count's operator requests and CPU per edit within FLAT_WITHIN of
     the smallest count's (a reconcile reads the operator's cache, so it should not grow with
-    the number of objects)."""
+    the number of objects). CPU is judged as measured, the idle rate included: the larger count
+    idles more, so that overstates its growth and a `met` holds for the reconcile alone too;
+    the ratio net of idle is given beside it (with a large idle share it is mostly noise)."""
     small, large = runs[0], runs[-1]
     out: dict[str, Any] = {"compared": [small["modelservices"], large["modelservices"]]}
-    for key in ("operator_requests_per_edit", "cpu_ms_per_edit_net_of_idle"):
+    for key in ("operator_requests_per_edit", "cpu_ms_per_edit", "cpu_ms_per_edit_net_of_idle"):
         a, b = small["reconcile"][key], large["reconcile"][key]
         ratio = b / a if a > 0 else (1.0 if b == 0 else math.inf)
-        out[key] = {
-            "ratio": round(ratio, 2),
-            "goal": f"<= {FLAT_WITHIN}",
-            "verdict": "met" if ratio <= FLAT_WITHIN else "missed",
-        }
+        out[key] = {"ratio": round(ratio, 2), "goal": f"<= {FLAT_WITHIN}"}
+        if not key.endswith("net_of_idle"):
+            out[key]["verdict"] = "met" if ratio <= FLAT_WITHIN else "missed"
     return out

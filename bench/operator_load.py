@@ -259,10 +259,12 @@ def table(result: dict[str, Any]) -> str:
     flat = result.get("flat")
     if flat:
         a, b = flat["compared"]
-        for key in ("operator_requests_per_edit", "cpu_ms_per_edit_net_of_idle"):
+        net = flat["cpu_ms_per_edit_net_of_idle"]["ratio"]
+        for key in ("operator_requests_per_edit", "cpu_ms_per_edit"):
             v = flat[key]
+            aside = f" (net of idle: {net})" if key == "cpu_ms_per_edit" else ""
             lines.append(
-                f"\n{key} at {b} / at {a}: {v['ratio']} (goal {v['goal']}): {v['verdict']}"
+                f"\n{key} at {b} / at {a}: {v['ratio']}{aside} (goal {v['goal']}): {v['verdict']}"
             )
     return "\n".join(lines)
 
