@@ -58,6 +58,9 @@ from shoal.runtime.isolation import Isolated
 logger = logging.getLogger(__name__)
 
 WAIT_MODES = ("hard", "adaptive")
+DEFAULT_WAIT_MODE = "adaptive"
+"""Measured in bench/RESULTS.md (`python -m bench.sweep`): from 1 to 16 clients adaptive serves
+1.8-10x the requests of hard at a lower p50; at 64 the two are within this machine's noise."""
 RATE_TAU_S = 0.1
 """Time constant of the arrival-rate estimate: long enough to smooth a few batches' arrivals,
 short enough that a burst's rate is forgotten within a second of quiet."""
@@ -81,7 +84,7 @@ class BatchPolicy:
     isolate_failures: bool = True
     """When a batch raises, call it again on halves to find the rows at fault (isolation.py);
     off for batch functions whose side effects must not repeat."""
-    batch_wait_mode: str = "hard"
+    batch_wait_mode: str = DEFAULT_WAIT_MODE
     """"hard": always wait `batch_wait_timeout_s` for a full batch (Ray Serve's rule).
     "adaptive": with the model idle, wait only while the arrival rate can fill the batch."""
 

@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, overload
 
-from shoal.runtime.batch_queue import Batcher, BatchPolicy, gather_rows
+from shoal.runtime.batch_queue import DEFAULT_WAIT_MODE, Batcher, BatchPolicy, gather_rows
 from shoal.runtime.clock import Clock
 
 __all__ = [
@@ -130,7 +130,7 @@ def batch(
     max_concurrent_batches: int = 1,
     max_queue_size: int | None = None,
     isolate_failures: bool = True,
-    batch_wait_mode: str = "hard",
+    batch_wait_mode: str = DEFAULT_WAIT_MODE,
     clock: Clock | None = None,
 ) -> Callable[[Callable[..., Any]], BatchedFunction]: ...
 def batch(
@@ -142,7 +142,7 @@ def batch(
     max_concurrent_batches: int = 1,
     max_queue_size: int | None = None,
     isolate_failures: bool = True,
-    batch_wait_mode: str = "hard",
+    batch_wait_mode: str = DEFAULT_WAIT_MODE,
     clock: Clock | None = None,
 ) -> BatchedFunction | Callable[[Callable[..., Any]], BatchedFunction]:
     """Batch calls to a function or method that takes a list of inputs and returns a list.
@@ -156,9 +156,10 @@ def batch(
     their answers; `isolate_failures=False` fails the whole batch instead (for a function with
     side effects that must not repeat). See shoal/runtime/isolation.py for the bound.
 
-    `batch_wait_mode="hard"` waits `batch_wait_timeout_s` for a full batch even when the server
-    is idle (Ray Serve's rule); "adaptive" dispatches at once when the model is idle and the
-    measured arrival rate cannot fill the batch within the wait (see batch_queue.py).
+    `batch_wait_mode="adaptive"` (the default) dispatches at once when the model is idle and the
+    measured arrival rate cannot fill the batch within the wait; "hard" waits
+    `batch_wait_timeout_s` for a full batch even when the server is idle (Ray Serve's rule).
+    See batch_queue.py.
     """
     policy = BatchPolicy(
         max_batch_size=max_batch_size,

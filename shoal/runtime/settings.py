@@ -132,8 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--batch-wait-mode",
         choices=["hard", "adaptive"],
-        help="hard: always wait --batch-wait-timeout-s for a full batch; adaptive: with the "
-        "model idle, wait only while the arrival rate can fill it (SHOAL_BATCH_WAIT_MODE)",
+        help="adaptive (the default): with the model idle, wait only while the arrival rate "
+        "can fill the batch; hard: always wait --batch-wait-timeout-s for a full batch, as "
+        "Ray Serve does (SHOAL_BATCH_WAIT_MODE; overrides the decorator)",
     )
     add("--max-concurrent-batches", type=int)
     add("--max-queue-size", type=int)

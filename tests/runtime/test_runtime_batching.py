@@ -54,7 +54,13 @@ class Recorder:
 def make(
     fn: Any, clock: FakeClock, on_retry: Callable[[int], None] | None = None, **policy: Any
 ) -> Batcher[Any, Any]:
-    return Batcher(fn, BatchPolicy(**policy), is_async=True, clock=clock, on_retry=on_retry)
+    return Batcher(
+        fn,
+        BatchPolicy(**{"batch_wait_mode": "hard", **policy}),
+        is_async=True,
+        clock=clock,
+        on_retry=on_retry,
+    )
 
 
 @pytest.mark.parametrize(
@@ -340,7 +346,9 @@ async def test_methods_get_one_batcher_per_instance() -> None:
             self.k = k
             self.batches: list[list[int]] = []
 
-        @shoal.batch(max_batch_size=2, batch_wait_timeout_s=0.01, clock=clock)
+        @shoal.batch(
+            max_batch_size=2, batch_wait_timeout_s=0.01, batch_wait_mode="hard", clock=clock
+        )
         async def __call__(self, items: list[int]) -> list[int]:
             self.batches.append(items)
             return [x * self.k for x in items]
@@ -393,7 +401,7 @@ async def test_multi_row_request_is_split_and_reassembled_across_batches() -> No
     clock, rec = FakeClock(), Recorder()
 
     class M:
-        @shoal.batch(max_batch_size=3, batch_wait_timeout_s=0.01)
+        @shoal.batch(max_batch_size=3, batch_wait_timeout_s=0.01, batch_wait_mode="hard")
         async def __call__(self, items: list[int]) -> list[int]:
             return await rec(items)
 

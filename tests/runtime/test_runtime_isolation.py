@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # A batch function that raises for the whole batch on one bad row, as numpy does.
 RAISING = "vector-adder=tests/runtime/sample_models.py:VectorAdder"
 # One batch takes everything sent at once: the wait is long, the batch large.
-TOGETHER = ("--max-batch-size", "256", "--batch-wait-timeout-s", "0.5")
+# Ray's hard wait, so rows sent together share a batch (the adaptive default would send an idle
+# model's first row alone)
+TOGETHER = ("--max-batch-size", "256", "--batch-wait-timeout-s", "0.5", "--batch-wait-mode", "hard")
 
 
 def metric(text: str, name: str, model: str) -> float:
