@@ -311,6 +311,37 @@ async def test_inactive_peer_and_fixed_count_do_nothing(servers: Servers) -> Non
     assert api2.scales == []
 
 
+async def test_a_tick_over_fixed_size_objects_scrapes_and_parses_nothing(
+    servers: Servers,
+) -> None:
+    g = await servers()
+    g.body = gateway_text(5)
+    fixed = Cache(msvc(1))
+    assert fixed.body is not None
+    del fixed.body["spec"]["autoscaling"]
+    loop = make_loop(fixed, Api(fixed), Clock(), gateway_metrics_urls=(g.url,))
+    await loop.tick()
+    assert g.hits == 0, "no autoscaled object: no gateway scrape"
+    assert loop.models == {}
+    assert loop._specs == {}
+
+
+async def test_the_spec_is_parsed_once_per_generation(servers: Servers) -> None:
+    cache = Cache(msvc(2, maxReplicas=5))
+    assert cache.body is not None
+    cache.body["metadata"]["generation"] = 1
+    loop = make_loop(cache, Api(cache), Clock())
+    await loop.tick()
+    first = loop._specs[KEY][1]
+    await loop.tick()
+    assert loop._specs[KEY][1] is first, "same generation: the parsed spec is reused"
+    assert loop.models[KEY].policy.config.max_replicas == 5
+    cache.body["spec"]["autoscaling"]["maxReplicas"] = 7
+    cache.body["metadata"]["generation"] = 2  # the API server bumps it on a spec edit
+    await loop.tick()
+    assert loop.models[KEY].policy.config.max_replicas == 7
+
+
 async def test_the_loop_survives_an_api_that_refuses(servers: Servers) -> None:
     r = await servers()
     r.body = replica_text(40)

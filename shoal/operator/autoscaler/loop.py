@@ -137,10 +137,12 @@ class Autoscaler:
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.models: dict[Key, _Model] = {}
+        self._specs: dict[Key, tuple[tuple[Any, Any], api.ModelServiceSpec]] = {}
+        """key -> ((uid, generation), the parsed spec)"""
         self.decisions: list[tuple[Key, Decision]] = []
+        """Changes written, newest last (bounded): what tests and `status` read."""
         self.observed: deque[tuple[Key, Observation, Decision]] = deque(maxlen=600)
         """The latest observations with what was decided (for diagnostics)."""
-        """Changes written, newest last (bounded): what tests and `status` read."""
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -210,9 +212,17 @@ class Autoscaler:
                     log.exception("autoscaler decision from zero failed; the tick goes on")
 
     async def tick(self) -> None:
-        keys = self.source.keys()
+        # Only objects that ask for autoscaling, by a look at the raw body: parsing and a task
+        # for each of 200 idle fixed-size ModelServices every second was most of an idle
+        # operator's CPU (bench/RESULTS.md, the operator curve).
+        every = self.source.keys()
+        keys = [k for k in every if _autoscaled(self.source.modelservice(k))]
         for gone in set(self.models) - set(keys):
             del self.models[gone]
+        for gone in set(self._specs) - set(keys):
+            del self._specs[gone]
+        if not keys:
+            return
         held = await self._gateways_held()
         await asyncio.gather(*(self._one(key, held) for key in keys), return_exceptions=False)
 
@@ -231,6 +241,18 @@ class Autoscaler:
             await asyncio.gather(*(self._scrape(u, headers) for u in await self.gateways.urls()))
         )
 
+    def _spec(self, key: Key, body: Mapping[str, Any]) -> api.ModelServiceSpec:
+        """The parsed spec, once per generation (a spec edit bumps it; status writes do not).
+        A body without a generation (not from the API server) is parsed every time."""
+        md = body.get("metadata") or {}
+        version = (md.get("uid"), md.get("generation"))
+        cached = self._specs.get(key)
+        if cached is not None and version[1] is not None and cached[0] == version:
+            return cached[1]
+        spec = api.parse_spec(body.get("spec") or {})
+        self._specs[key] = (version, spec)
+        return spec
+
     def _model(self, key: Key, uid: str, config: Config) -> _Model:
         m = self.models.get(key)
         if m is None or m.uid != uid:
@@ -246,7 +268,7 @@ class Autoscaler:
         if body is None:
             return
         try:
-            spec = api.parse_spec(body.get("spec") or {})
+            spec = self._spec(key, body)
         except (ValidationError, ValueError):
             return  # the reconciler reports it in status
         config = observe.config_for(spec, self.settings.window_overrides)
@@ -331,6 +353,11 @@ class Autoscaler:
         for r in ready:
             cost = int(r.load) if r.load is not None else 1_000_000
             await self.kube.annotate_pod(ns, r.name, {DELETION_COST: str(cost)})
+
+
+def _autoscaled(body: Mapping[str, Any] | None) -> bool:
+    spec = (body or {}).get("spec") or {}
+    return spec.get("autoscaling") is not None
 
 
 def _at_zero(body: Mapping[str, Any] | None) -> bool:
