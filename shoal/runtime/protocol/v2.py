@@ -163,24 +163,12 @@ def parse_infer(
     `declared`: the model's inputs by name (empty: any input is taken)."""
     head, binary = _split_body(body, header_length)
     req = loads_object(head, "V2 infer")
-    inputs = req.get("inputs")
-    if type(inputs) is list and len(inputs) == 1 and not binary:
-        # the common request, one JSON tensor: the same checks as below, fewer steps
-        name, arr, _ = _parse_tensor(0, inputs[0], binary, 0, declared)
-        if declared and len(declared) > 1:
-            _check_missing({name: arr}, declared)
-        if not arr.shape[0]:
-            raise _fail("inputs have 0 rows")
-        rows = _split(arr)
-    else:
-        arrays, n_rows = _parse_inputs(inputs, binary, declared)
-        rows = _rows(arrays, n_rows)
-    if "outputs" in req or "parameters" in req:
-        names, binary_out = _parse_outputs(req)
-    else:
-        names, binary_out = None, False
+    arrays, n_rows = _parse_inputs(req.get("inputs"), binary, declared)
+    names, binary_out = _parse_outputs(req)
     rid = req.get("id")
-    return InferRequest(str(rid) if rid is not None else None, rows, names, binary_out)
+    return InferRequest(
+        str(rid) if rid is not None else None, _rows(arrays, n_rows), names, binary_out
+    )
 
 
 def _split_body(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
@@ -234,7 +222,7 @@ def _parse_tensor(
     shape = _check_shape(name, tensor.get("shape"))
     if declared:
         _check_declared(name, datatype, shape, declared)
-    count = shape[0] * shape[1] if len(shape) == 2 else math.prod(shape)
+    count = math.prod(shape)
     params = tensor.get("parameters")
     size = params.get("binary_data_size") if params and isinstance(params, dict) else None
     if size is not None:
