@@ -361,8 +361,7 @@ def _autoscaled(body: Mapping[str, Any] | None) -> bool:
 
 
 def _at_zero(body: Mapping[str, Any] | None) -> bool:
-    spec = (body or {}).get("spec") or {}
-    return bool(spec.get("autoscaling") is not None and spec.get("replicas") == 0)
+    return _autoscaled(body) and ((body or {}).get("spec") or {}).get("replicas") == 0
 
 
 async def _none() -> None:
