@@ -137,11 +137,27 @@ def load_failures(pods: Sequence[Mapping[str, Any]]) -> list[str]:
             state = cs.get("state") or {}
             for term in (state.get("terminated"), (cs.get("lastState") or {}).get("terminated")):
                 if term and term.get("exitCode", 0) != 0:
-                    text = (term.get("message") or term.get("reason") or "").strip()
-                    msg = f"pod {_pod_name(pod)}: exit code {term['exitCode']}"
-                    out.append(f"{msg}: {text}" if text else msg)
+                    out.append(f"pod {_pod_name(pod)}: {_exit_text(term)}")
                     break
     return out
+
+
+# The kubelet's terminated reasons that say nothing the exit code does not.
+_PLAIN_EXIT = frozenset({"", "Error", "Completed"})
+
+
+def _exit_text(term: Mapping[str, Any]) -> str:
+    """'exit code N', then a telling kubelet reason (OOMKilled, ...), then the message: with
+    `FallbackToLogsOnError` the message is the log's tail, which for a kill by the kernel ends
+    mid-load and never names the cause, so the reason must not hide behind it."""
+    reason = str(term.get("reason") or "")
+    text = f"exit code {term['exitCode']}"
+    if reason == "OOMKilled":
+        text += " (OOMKilled: the replica went over its memory limit; raise spec.resources.memory)"
+    elif reason not in _PLAIN_EXIT:
+        text += f" ({reason})"
+    message = str(term.get("message") or "").strip()
+    return f"{text}: {message}" if message else text
 
 
 def stuck_containers(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:

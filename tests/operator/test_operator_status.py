@@ -63,6 +63,7 @@ def pod(
     message: str = "",
     waiting: str | None = None,
     terminating: bool = False,
+    reason: str = "Error",
 ) -> dict[str, Any]:
     conds = [{"type": "Ready", "status": "True" if ready else "False"}]
     if unschedulable is not None:
@@ -79,7 +80,7 @@ def pod(
         cs["state"] = {"waiting": {"reason": waiting, "message": f"{waiting} happened"}}
     if exit_code is not None:
         cs["lastState"] = {
-            "terminated": {"exitCode": exit_code, "message": message, "reason": "Error"}
+            "terminated": {"exitCode": exit_code, "message": message, "reason": reason}
         }
     md: dict[str, Any] = {"name": name}
     if terminating:
@@ -309,6 +310,28 @@ def test_messages_carry_the_cause() -> None:
     assert LOAD_MSG in by_type["ModelLoadFailed"]["message"]
     assert "exit code 1" in by_type["ModelLoadFailed"]["message"]
     assert LOAD_MSG in by_type["Ready"]["message"]
+
+
+def test_oom_kill_is_named_beside_the_log_tail() -> None:
+    """With FallbackToLogsOnError the kubelet's message is the log's tail: a replica killed
+    by the kernel while loading must still say OOMKilled, and what to change."""
+    tail = "loading weights: 41% (2.1 GiB)"
+    oom = [pod("a", ready=False, exit_code=137, message=tail, reason="OOMKilled")]
+    by_type = {c["type"]: c for c in st.conditions(obs(deployment(1, 0), oom, desired=1))}
+    message = by_type["ModelLoadFailed"]["message"]
+    assert "exit code 137 (OOMKilled" in message
+    assert "spec.resources.memory" in message
+    assert tail in message
+    assert "OOMKilled" in by_type["Ready"]["message"]
+
+
+def test_plain_exit_reasons_add_nothing() -> None:
+    plain = [pod("a", ready=False, exit_code=1, message=LOAD_MSG)]
+    by_type = {c["type"]: c for c in st.conditions(obs(deployment(1, 0), plain, desired=1))}
+    assert f"pod a: exit code 1: {LOAD_MSG}" in by_type["ModelLoadFailed"]["message"]
+    other = [pod("a", ready=False, exit_code=2, message="", reason="ContainerCannotRun")]
+    by_type = {c["type"]: c for c in st.conditions(obs(deployment(1, 0), other, desired=1))}
+    assert "pod a: exit code 2 (ContainerCannotRun)" in by_type["ModelLoadFailed"]["message"]
 
 
 def test_compute_status_fields() -> None:
