@@ -16,6 +16,7 @@ import logging
 import random
 import socket
 import sys
+import time
 import urllib.parse
 from typing import Any
 
@@ -47,7 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--standalone", action="store_true", help="no peering (one replica)")
     parser.add_argument("--peering", help="KopfPeering object name shared by the replicas")
-    parser.add_argument("--priority", type=int, help="peering priority (default: random)")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority (default: from the start time, oldest highest)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -174,6 +179,16 @@ async def check_peering(settings: OperatorSettings) -> None:
         await kube.close()
 
 
+def start_priority(now_ms: int | None = None, rng: random.Random | None = None) -> int:
+    """A peering priority from the start time, the oldest replica highest: a restarted or new
+    replica never takes the lead from the one that holds it (kopf pauses whoever sees a higher
+    priority), so the lead moves only when its holder goes. The last two digits are random, so
+    replicas started in the same millisecond do not tie. It stays below 2**53, so any JSON
+    reader of the peering object (kopf keeps the peers there) keeps it exact."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    return (10**13 - ms) * 100 + (rng or random).randrange(100)
+
+
 async def run_operator(settings: OperatorSettings) -> None:
     import kopf
 
@@ -183,7 +198,7 @@ async def run_operator(settings: OperatorSettings) -> None:
     registry, _ = register(settings)
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings, settings)
-    priority = settings.priority if settings.priority is not None else random.randint(1, 2**30)
+    priority = settings.priority if settings.priority is not None else start_priority()
     await kopf.operator(
         registry=registry,
         settings=kopf_settings,

@@ -53,7 +53,7 @@ class OperatorSettings:
     peering_name: str = "shoal-operator"
     """KopfPeering object shared by the operator's replicas: only the highest priority acts."""
     priority: int | None = None
-    """Peering priority; None picks a random one, so replicas never tie."""
+    """Peering priority; None: from the start time, oldest highest (cli.start_priority)."""
     peering_lifetime_seconds: int = 15
     """How long a silent replica counts as alive in the peering object: the longest a standby
     waits after the active replica died (kopf's default is 60)."""

@@ -169,6 +169,18 @@ def test_gateway_reads_its_tokens_secret_by_name_only(tmp_path: Path) -> None:
     assert f"--tokens-secret={secret['metadata']['name']}" in args
 
 
+@pytest.mark.parametrize("name", ["defaults", "everything"])
+def test_the_operator_runs_the_image_entrypoint_without_a_shell(name: str, tmp_path: Path) -> None:
+    """No /bin/sh wrapper: the image's `shoal` entrypoint gets the arguments, and the peering
+    priority comes from the operator itself (oldest highest), not from a shell's arithmetic."""
+    docs = rendered(tmp_path, name)
+    (c,) = _deployment(docs, "operator")["spec"]["template"]["spec"]["containers"]
+    assert "command" not in c
+    assert c["args"][:2] == ["operator", "--peering"]
+    assert c["args"][2] == "shoal-operator-shoal"  # cluster scope: the release namespace added
+    assert not any("priority" in a or "$" in a for a in c["args"])
+
+
 def test_without_tokens_one_random_token_is_made(tmp_path: Path) -> None:
     import base64
 
