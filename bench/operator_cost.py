@@ -61,6 +61,10 @@ def scrape(c: Cluster) -> tuple[Counter[str], int]:
     return kinds, operator
 
 
+BINDING = "shoal-bench-operator"
+"""The ClusterRoleBinding that grants OPERATOR_USER the operator's role (removed after a run)."""
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -93,7 +97,7 @@ def operator_kubeconfig(c: Cluster, code_root: Path, dest: Path) -> Path:
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
-        "metadata": {"name": "shoal-bench-operator"},
+        "metadata": {"name": BINDING},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                     "name": "shoal-operator"},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from bench.operator_cost import (
+    BINDING,
     admin_client,
     cpu_seconds,
     flatness,
@@ -169,6 +170,8 @@ def running_operator(c: Cluster, ns: str, code_root: Path) -> Iterator[subproces
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+                # The cluster may be a shared one (follow_parent): leave no grant behind.
+                c.kubectl("delete", "clusterrolebinding", BINDING, "--ignore-not-found")
 
 
 def run(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import operator_load
+from bench import operator_cost, operator_load
 from e2e.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -48,3 +48,6 @@ def test_curve_at_one_and_two_modelservices(k8s_cluster: Cluster, k8s_namespace:
     # Every edit reached the object: the last value the bench wrote is the one stored.
     stored = k8s_cluster.get_json("msvc", "m0001", "-n", k8s_namespace)["spec"]["batching"]
     assert stored["maxBatchSize"] == 100 + 2 + 1
+    # The grant the bench gave its operator identity went with its operator.
+    left = k8s_cluster.kubectl("get", "clusterrolebinding", "-o", "name").stdout
+    assert f"clusterrolebinding.rbac.authorization.k8s.io/{operator_cost.BINDING}" not in left
