@@ -120,6 +120,29 @@ def archive(ref: str) -> Path:
     return out
 
 
+SPARE_ARCHIVES = 3
+"""Archives kept beside the ones in use: each code change makes a new image id and a ~190 MB
+archive, and this machine's disk is shared; a few spares serve other checkouts running now."""
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except FileNotFoundError:  # another run pruned it just now
+        return 0.0
+
+
+def prune_archives(keep: set[Path], spare: int = SPARE_ARCHIVES) -> list[Path]:
+    """Deletes the cached archives other than `keep` and the `spare` newest; returns them."""
+    others = [p for p in cache_root().glob("*.oci.tar") if p not in keep]
+    others.sort(key=_mtime, reverse=True)
+    gone = others[spare:]
+    for p in gone:
+        # A run that already opened one keeps reading it (unlinking frees it at its close).
+        p.unlink(missing_ok=True)
+    return gone
+
+
 def ensure_all() -> NodeImages:
     """Everything a node needs, built or found in the caches."""
     ensure_pause()
@@ -127,6 +150,9 @@ def ensure_all() -> NodeImages:
     if override and not _exists(override):
         raise HarnessError(f"SHOAL_E2E_IMAGE={override}: no such podman image here")
     ref = override or ensure_runtime()
-    return NodeImages(
+    images = NodeImages(
         pause_archive=archive(PAUSE_REF), runtime_archive=archive(ref), runtime_ref=ref
     )
+    for p in prune_archives({images.pause_archive, images.runtime_archive}):
+        log.info("removed the old node image archive %s", p.name)
+    return images
