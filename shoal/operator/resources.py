@@ -18,6 +18,10 @@ from shoal.operator.settings import FIELD_MANAGER, OperatorSettings
 PORT = 8000
 PORT_NAME = "http"
 SERVICE_PORT = 80
+# GET /metrics only (the runtime's SHOAL_METRICS_PORT): what the chart's NetworkPolicy opens to a
+# Prometheus, so scraping never opens the inference port.
+METRICS_PORT = 9090
+METRICS_PORT_NAME = "metrics"
 LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
 COMMAND = ["shoal", "serve"]
@@ -117,6 +121,7 @@ def container_env(
         {"name": "SHOAL_MODEL_CONFIG", "value": json.dumps(spec.model.config, sort_keys=True)},
         {"name": "SHOAL_HOST", "value": "0.0.0.0"},
         {"name": "SHOAL_PORT", "value": str(PORT)},
+        {"name": "SHOAL_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "SHOAL_MAX_BATCH_SIZE", "value": str(b.max_batch_size)},
         {"name": "SHOAL_BATCH_WAIT_TIMEOUT_S", "value": _seconds(b.batch_wait_timeout_ms)},
         {"name": "SHOAL_MAX_QUEUE_SIZE", "value": str(b.max_queue_size)},
@@ -223,7 +228,10 @@ def container(
         "image": spec.image or settings.default_image,
         "command": list(COMMAND),
         "env": container_env(spec, owner, settings, model_uri),
-        "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         # Startup covers process start + model load; only then do liveness/readiness count.
         "startupProbe": _probe(
             READY_PATH,
@@ -330,7 +338,13 @@ def service(owner: Owner, settings: OperatorSettings) -> dict[str, Any]:
                     "port": SERVICE_PORT,
                     "targetPort": PORT_NAME,
                     "protocol": "TCP",
-                }
+                },
+                {
+                    "name": METRICS_PORT_NAME,
+                    "port": METRICS_PORT,
+                    "targetPort": METRICS_PORT_NAME,
+                    "protocol": "TCP",
+                },
             ],
         },
     }

@@ -119,6 +119,8 @@ class ShoalApp:
         self.max_body_bytes = max_body_bytes
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
+        self.metrics_port: int | None = None
+        """The port that serves only /metrics (set once bound: ServeSettings.metrics_port)."""
         self._served = frozenset(plane.expected)
         self._server_metadata = v2.server_metadata(_version())
         self._rid_prefix = os.urandom(4).hex()
@@ -142,7 +144,12 @@ class ShoalApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            if self.metrics_port is not None and (scope.get("server") or ("", 0))[1] == (
+                self.metrics_port
+            ):
+                await self._metrics_listener(scope, receive, send)
+            else:
+                await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -188,6 +195,22 @@ class ShoalApp:
             self.metrics.observe_request(
                 label, route.protocol, route.template, status, time.perf_counter() - start
             )
+
+    async def _metrics_listener(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The metrics port: GET /metrics and nothing else (the port a NetworkPolicy may open
+        to a Prometheus; inference stays behind the main port). Bodies are never read."""
+        req = _Request(scope, receive, send, None)
+        req.rid = req.rid or f"{self._rid_prefix}-{next(self._rid_counter)}".encode()
+        if scope["path"] != "/metrics":
+            exc: Exception = ModelNotFound(
+                f"{scope['path']}: this is the metrics port; it serves /metrics only"
+            )
+        elif scope["method"] not in ("GET", "HEAD"):
+            exc = MethodNotAllowed("use GET for /metrics")
+        else:
+            await self._metrics(routing.route("/metrics"), req)
+            return
+        await self._error(req, exc)
 
     # -- server-wide routes ----------------------------------------------------------------
     async def _live(self, route: Route, req: _Request) -> int:

@@ -36,6 +36,10 @@ class ServeSettings:
     """Bind port (SHOAL_PORT); 0 picks a free one (see port_file)."""
     port_file: str | None = None
     """Write the bound port here once listening (tests, the demo)."""
+    metrics_port: int | None = None
+    """A second port that serves only GET /metrics (SHOAL_METRICS_PORT; 0 = any free one), so
+    a NetworkPolicy can open metrics to a Prometheus without opening inference. /metrics stays
+    on the main port too (the autoscaler reads it there)."""
     device: str = "auto"
     """torch device: auto (cuda when available), cpu, cuda, cuda:1 (SHOAL_DEVICE)."""
     max_batch_size: int | None = None
@@ -126,6 +130,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--host", help="bind address (SHOAL_HOST, default 0.0.0.0)")
     add("--port", type=int, help="bind port (SHOAL_PORT, default 8000; 0 = any free port)")
     add("--port-file", help="write the bound port to this file once listening")
+    add(
+        "--metrics-port",
+        type=int,
+        help="also serve GET /metrics, and nothing else, on this port (SHOAL_METRICS_PORT)",
+    )
     add("--device", help="torch device: auto, cpu, cuda, cuda:N (SHOAL_DEVICE)")
     add("--max-batch-size", type=int)
     add("--batch-wait-timeout-s", type=float)
@@ -179,6 +188,7 @@ _ENV = {
     "log_level": ("SHOAL_LOG_LEVEL", str),
     "termination_log": ("SHOAL_TERMINATION_LOG", str),
     "port_file": ("SHOAL_PORT_FILE", str),
+    "metrics_port": ("SHOAL_METRICS_PORT", int),
     "app_dir": ("SHOAL_APP_DIR", str),
 }
 
@@ -198,6 +208,7 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) ->
                 raise LoadError(f"{var}={env[var]!r} is not a valid {conv.__name__}") from None
     values.setdefault("termination_log", default_termination_log(env))
     _check_positive(values)
+    _check_ports(values)
     values["models"] = _model_specs(args, env)
     return ServeSettings(**values)
 
@@ -229,6 +240,15 @@ def _check_positive(values: Mapping[str, Any]) -> None:
         if key in values and not 0 < values[key] < math.inf:
             flag = "--" + key.replace("_", "-")
             raise LoadError(f"{flag} must be a positive number, got {values[key]}")
+
+
+def _check_ports(values: Mapping[str, Any]) -> None:
+    port, metrics = values.get("port", 8000), values.get("metrics_port")
+    for flag, value in (("--port", port), ("--metrics-port", metrics)):
+        if value is not None and not 0 <= value <= 65535:
+            raise LoadError(f"{flag} must be a TCP port (0-65535), got {value}")
+    if metrics is not None and metrics != 0 and metrics == port:
+        raise LoadError(f"--metrics-port {metrics} must differ from --port")
 
 
 def _model_specs(args: argparse.Namespace, env: Mapping[str, str]) -> list[ModelSpec]:

@@ -81,7 +81,13 @@ async def serve(
     """Serve until drained or told to stop. Returns the process exit code."""
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
+    sockets = [sock]
     runtime = Runtime(settings)
+    if settings.metrics_port is not None:
+        # One server, two sockets: the app tells them apart by the local port of the
+        # connection (the kernel's, not anything the client sends).
+        sockets.append(bind(settings.host, settings.metrics_port))
+        runtime.app.metrics_port = sockets[1].getsockname()[1]
     limits = Limits(
         max_header_bytes=settings.max_header_bytes,
         max_header_count=settings.max_header_count,
@@ -114,13 +120,18 @@ async def serve(
         port,
         ", ".join(s.name for s in settings.models),
     )
+    if runtime.app.metrics_port is not None:
+        logger.info(
+            "shoal metrics on http://%s:%d/metrics", settings.host, runtime.app.metrics_port
+        )
     waiter: asyncio.Task[None] | None = None
     if on_listening is not None:
         waiter = asyncio.get_running_loop().create_task(on_listening(runtime, port))
     try:
-        await server.serve(sockets=[sock])
+        await server.serve(sockets=sockets)
     finally:
-        sock.close()
+        for s in sockets:
+            s.close()
         if waiter is not None and not waiter.done():
             waiter.cancel()
     return runtime.exit_code

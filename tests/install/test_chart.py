@@ -16,7 +16,7 @@ import yaml
 
 from e2e.cluster import Cluster
 from shoal import metric_names
-from shoal.operator import rbac
+from shoal.operator import rbac, resources
 from shoal.operator.autoscaler import settings as autoscaler_settings
 from shoal.operator.autoscaler.discovery import GatewayTargets
 from shoal.operator.settings import DEFAULT_IMAGE, OperatorSettings
@@ -297,6 +297,50 @@ def test_only_the_operator_and_the_scraper_reach_the_gateways_metrics_port(
     assert own["podSelector"]["matchLabels"].items() <= operator.items()
     assert own["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "shoal"}}
     assert scraper == VALUE_SETS["everything"]["networkPolicy"]["metricsFrom"][0]
+
+
+def test_the_scraper_reaches_the_replicas_metrics_port_and_nothing_else(tmp_path: Path) -> None:
+    """networkPolicy.metricsFrom opens the replicas' metrics port (GET /metrics only) and not
+    their inference port, which stays the gateway's and the operator's; the replicas'
+    ServiceMonitor scrapes that port, which the operator declares on every replica."""
+    docs = rendered(tmp_path, "everything")
+    (pol,) = [
+        d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-replicas")
+    ]
+    scraper = VALUE_SETS["everything"]["networkPolicy"]["metricsFrom"][0]
+    (anyport, metrics) = pol["spec"]["ingress"]
+    assert "ports" not in anyport
+    assert scraper not in anyport["from"]
+    assert metrics == {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [scraper]}
+    without = rendered(tmp_path, "namespaced")  # networkPolicy off: nothing rendered
+    assert not by_kind(without, "NetworkPolicy")
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump({"serviceMonitor": {"enabled": True}}))
+    monitors = documents(
+        template("-f", str(path), "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+    )
+    (mon,) = [
+        m
+        for m in by_kind(monitors, "ServiceMonitor")
+        if m["metadata"]["name"].endswith("-replicas")
+    ]
+    assert [e["port"] for e in mon["spec"]["endpoints"]] == [resources.METRICS_PORT_NAME]
+    owner = resources.Owner("iris", "ml", "uid-1")
+    ports = resources.service(owner, OperatorSettings())["spec"]["ports"]
+    assert resources.METRICS_PORT_NAME in [p["name"] for p in ports]
+
+
+def test_without_metrics_from_the_replicas_take_only_the_gateway_and_operator(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump({"networkPolicy": {"enabled": True}}))
+    docs = documents(template("-f", str(path)))
+    (pol,) = [
+        d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("-replicas")
+    ]
+    (only,) = pol["spec"]["ingress"]
+    assert len(only["from"]) == 2  # the gateway's pods and the operator's
 
 
 def test_the_metrics_port_must_differ_from_the_http_port(tmp_path: Path) -> None:

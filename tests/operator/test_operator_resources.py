@@ -64,7 +64,8 @@ def test_service_and_pdb_select_the_pods() -> None:
     sel = {"serving.shoal.dev/model": "iris"}
     assert objs["Service"]["spec"]["selector"] == sel
     assert objs["Service"]["spec"]["ports"] == [
-        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
     ]
     assert objs["PodDisruptionBudget"]["spec"] == {
         "maxUnavailable": 1,
@@ -90,7 +91,10 @@ def test_runtime_contract_env_command_and_port() -> None:
         )
     )
     assert c["command"] == ["shoal", "serve"]
-    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert {e["name"]: e["value"] for e in c["env"]} == {
         "SHOAL_MODEL_CLASS": "examples.iris:Classifier",
         "SHOAL_MODEL_NAME": "iris",
@@ -98,6 +102,7 @@ def test_runtime_contract_env_command_and_port() -> None:
         "SHOAL_MODEL_CONFIG": json.dumps({"threshold": 0.9}),
         "SHOAL_HOST": "0.0.0.0",
         "SHOAL_PORT": "8000",
+        "SHOAL_METRICS_PORT": "9090",
         "SHOAL_MAX_BATCH_SIZE": "8",
         "SHOAL_BATCH_WAIT_TIMEOUT_S": "0.0025",
         "SHOAL_MAX_QUEUE_SIZE": "99",

@@ -121,6 +121,10 @@ def test_several_named_models_with_targeted_config() -> None:
         (["m:A"], {"SHOAL_HEAD_TIMEOUT_S": "-1"}, "--head-timeout-s must be a positive"),
         (["m:A"], {"SHOAL_BODY_TIMEOUT_S": "inf"}, "--body-timeout-s must be a positive"),
         (["m:A"], {"SHOAL_MAX_CONNECTIONS": "0"}, "--max-connections must be a positive"),
+        (["m:A", "--metrics-port", "8000"], {}, "--metrics-port 8000 must differ from --port"),
+        (["m:A", "--port", "9"], {"SHOAL_METRICS_PORT": "9"}, "must differ from --port"),
+        (["m:A", "--metrics-port", "70000"], {}, "--metrics-port must be a TCP port"),
+        (["m:A", "--port", "-1"], {}, "--port must be a TCP port"),
     ],
 )
 def test_usage_errors_say_what_is_wrong(argv: list[str], env: dict[str, str], message: str) -> None:
