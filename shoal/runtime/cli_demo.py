@@ -78,6 +78,6 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return serve_run(settings, ask)
-    except OSError as exc:  # the port is taken
-        print(f"shoal demo: error: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+    except OSError as exc:  # the port is taken (BindError names the address)
+        print(f"shoal demo: error: {exc}", file=sys.stderr)
         return 2

@@ -30,11 +30,15 @@ def run(args: argparse.Namespace) -> int:
         write_termination_log(default_termination_log(os.environ), f"invalid settings: {exc}")
         return 2
     logs.configure(settings.log_format, settings.log_level)
+    from shoal.runtime.uvicorn_runner import BindError
     from shoal.runtime.uvicorn_runner import run as serve_run
 
     try:
         return serve_run(settings)
-    except OSError as exc:  # the port is taken, the port file cannot be written: usage, exit 2
+    except BindError as exc:  # a port is taken: the message says which
+        logger.error("%s", exc)
+        return 2
+    except OSError as exc:  # the port file cannot be written: usage, exit 2
         logger.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
         return 2
 

@@ -26,11 +26,19 @@ from shoal.runtime.settings import ServeSettings
 logger = logging.getLogger(__name__)
 
 
-def bind(host: str, port: int) -> socket.socket:
+class BindError(OSError):
+    """A listening socket that could not be had; the message names the address and its use."""
+
+
+def bind(host: str, port: int, what: str = "") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot serve on {host}:{port}{what}: {exc.strerror}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -86,7 +94,11 @@ async def serve(
     if settings.metrics_port is not None:
         # One server, two sockets: the app tells them apart by the local port of the
         # connection (the kernel's, not anything the client sends).
-        sockets.append(bind(settings.host, settings.metrics_port))
+        try:
+            sockets.append(bind(settings.host, settings.metrics_port, " (the metrics port)"))
+        except BindError:
+            sock.close()
+            raise
         runtime.app.metrics_port = sockets[1].getsockname()[1]
     limits = Limits(
         max_header_bytes=settings.max_header_bytes,

@@ -40,6 +40,15 @@ def test_serve_on_a_taken_port(taken_port: int) -> None:
     assert "Address already in use" in line
 
 
+def test_serve_with_a_taken_metrics_port(taken_port: int) -> None:
+    args = ("--host", "127.0.0.1", "--port", "0", "--metrics-port", str(taken_port))
+    done = shoal("serve", MODEL, *args)
+    assert done.returncode == 2
+    (line,) = lines(done.stderr)
+    assert f"cannot serve on 127.0.0.1:{taken_port} (the metrics port)" in line
+    assert "Address already in use" in line
+
+
 def test_demo_on_a_taken_port(taken_port: int) -> None:
     done = shoal("demo", "--once", "--port", str(taken_port))
     assert done.returncode == 2
