@@ -10,6 +10,8 @@ rarely re-armed; when the head's request is answered, the timer is left as is an
 fires, finds nothing due and re-arms at the new head.
 
 Keys are sequence numbers, never reused, so a stale heap entry cannot match a later request.
+Entries of answered requests behind an unanswered head (one slow request among many fast ones)
+are compacted away once they outnumber the waiting ones, so the heap stays bounded.
 Everything runs on the event loop's thread.
 """
 
@@ -28,6 +30,8 @@ Futures = Sequence[asyncio.Future[Any]]
 
 
 class Deadlines:
+    COMPACT_MIN = 1024
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._heap: list[tuple[float, int]] = []
@@ -50,11 +54,19 @@ class Deadlines:
         """The request is answered (or failed): forget it."""
         del self._waiting[key]
         heap = self._heap
-        while heap and heap[0][1] not in self._waiting:
+        waiting = self._waiting
+        while heap and heap[0][1] not in waiting:
             heapq.heappop(heap)
+        if len(heap) > self.COMPACT_MIN and len(heap) > 2 * len(waiting):
+            self._heap = heap = [item for item in heap if item[1] in waiting]
+            heapq.heapify(heap)
         if not heap and self._timer is not None:
             self._timer.cancel()  # nothing waits: leave no timer behind
             self._timer = None
+
+    def __len__(self) -> int:
+        """Heap entries, answered ones included (bounded: see the module doc)."""
+        return len(self._heap)
 
     def waiting(self) -> Iterator[Futures]:
         for futures, _ in list(self._waiting.values()):

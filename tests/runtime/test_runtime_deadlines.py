@@ -61,3 +61,17 @@ async def test_waiting_lists_the_unanswered_requests() -> None:
     deadlines.add(clock.time() + 1.0, b)
     deadlines.remove(ka)
     assert list(deadlines.waiting()) == [b]
+
+
+async def test_answered_requests_behind_a_slow_one_are_compacted() -> None:
+    """One request waits out its budget while thousands are answered: the heap stays bounded
+    and the slow one still expires on time."""
+    clock = FakeClock()
+    deadlines = Deadlines(clock)
+    slow = futures()
+    deadlines.add(clock.time() + 1.0, slow)
+    for i in range(20_000):
+        deadlines.remove(deadlines.add(clock.time() + 30.0 + i * 1e-4, futures()))
+        assert len(deadlines) <= 2 * Deadlines.COMPACT_MIN + 2
+    clock.advance(1.0)
+    assert expired(slow)
