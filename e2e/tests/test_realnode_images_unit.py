@@ -22,12 +22,16 @@ def _archives(root: Path, n: int) -> list[Path]:
     return out
 
 
-def test_prune_keeps_what_is_in_use_and_the_newest_spares(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The archive cache, empty, in a folder of the test's own."""
     monkeypatch.setenv("SHOAL_E2E_CACHE", str(tmp_path))
-    root = images.cache_root()
-    root.mkdir(parents=True)
+    out = images.cache_root()
+    out.mkdir(parents=True)
+    return out
+
+
+def test_prune_keeps_what_is_in_use_and_the_newest_spares(root: Path) -> None:
     made = _archives(root, 8)
     writing = root / "ffffffffffffffff.oci.tmp"  # a save in progress is never counted
     writing.write_bytes(b"x")
@@ -39,12 +43,7 @@ def test_prune_keeps_what_is_in_use_and_the_newest_spares(
     assert sorted(root.iterdir()) == sorted([made[0], *made[4:], writing])
 
 
-def test_prune_with_nothing_beyond_the_spares_removes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SHOAL_E2E_CACHE", str(tmp_path))
-    root = images.cache_root()
-    root.mkdir(parents=True)
+def test_prune_with_nothing_beyond_the_spares_removes_nothing(root: Path) -> None:
     made = _archives(root, 3)
     assert images.prune_archives({made[2]}, spare=3) == []
     assert all(p.exists() for p in made)
