@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Timer(Protocol):
@@ -125,7 +128,10 @@ class SharedTimers:
             self._armed_at = heap[0][0]
             self._armed = self._clock.call_at(self._armed_at, self._fire)
         for callback in due:
-            callback()
+            try:
+                callback()
+            except Exception:  # one bad callback must not cost the others their deadlines
+                log.exception("deadline callback failed")
 
 
 class _Entry:

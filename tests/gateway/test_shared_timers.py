@@ -149,3 +149,18 @@ def test_the_loop_clock_times_out_on_a_real_loop(loop_factory: str) -> None:
     else:
         got = asyncio.run(main())
     assert got == ["done 0.01", "done 0.02", "timeout 0.05", "timeout 0.1"]
+
+
+def test_a_failing_callback_does_not_cost_the_others_their_deadlines() -> None:
+    clock = ManualClock()
+    timers = SharedTimers(clock)
+    fired: list[str] = []
+
+    def boom() -> None:
+        raise RuntimeError("a bug in one callback")
+
+    timers.call_at(clock.now + 1, boom)
+    timers.call_at(clock.now + 1, functools.partial(fired.append, "same time"))
+    timers.call_at(clock.now + 2, functools.partial(fired.append, "later"))
+    clock.advance(2)
+    assert fired == ["same time", "later"]
