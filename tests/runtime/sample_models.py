@@ -166,3 +166,13 @@ class VectorAdder:
     async def __call__(self, numbers: list[Any]) -> list[Any]:
         result: list[Any] = (np.asarray(numbers) + 1).tolist()
         return result
+
+
+class TorchDoubler:
+    """Batched, answering each row with a torch tensor (as a torch model's forward does)."""
+
+    @shoal.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    def __call__(self, rows: list[Any]) -> list[Any]:
+        import torch
+
+        return list(torch.as_tensor(np.stack(rows)) * 2)

@@ -114,3 +114,18 @@ def test_modules_inside_dict_and_list_attributes_are_served_in_eval_mode() -> No
         r = httpx.post(f"{proc.url}/v1/models/m:predict", json={"instances": [0]}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json() == {"predictions": [[False, False, False, False]]}  # dropout off in each
+
+
+@pytest.mark.parametrize("rows", [1, 3], ids=["one row", "three rows"])
+def test_torch_tensor_results_go_out_over_v2(rows: int) -> None:
+    """A model answering with torch tensors: the V2 response is their values, for a one-row
+    request (whose output is a view of the single result) as for several."""
+    data = [[float(i), float(i) + 0.5] for i in range(rows)]
+    body = {"inputs": [{"name": "x", "shape": [rows, 2], "datatype": "FP32", "data": data}]}
+    with ServeProcess("d=tests/runtime/sample_models.py:TorchDoubler", cwd=ROOT) as proc:
+        r = httpx.post(f"{proc.url}/v2/models/d/infer", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    assert out["datatype"] == "FP32"
+    assert out["shape"] == [rows, 2]
+    assert out["data"] == [2 * v for row in data for v in row]

@@ -39,6 +39,8 @@ _INT_RANGE = {
     k: (np.iinfo(d).min, np.iinfo(d).max) for k, d in _NP_DTYPES.items() if d.kind in "iu"
 }
 _KIND_OK = {"b": "b", "u": "iu", "i": "iu", "f": "iuf", "O": "USO"}
+_PLAIN = (list, float, int, bool, str)
+"""Result types that are never torch tensors (the `hasattr(.., "cpu")` probe is skipped)."""
 _NP_TO_V2 = {np.dtype(v): k for k, v in DTYPES.items() if k != "BYTES"}  # dtype.name is slow
 DEFAULT_OUTPUT = "output0"
 
@@ -308,15 +310,9 @@ def _split(arr: np.ndarray[Any, Any]) -> list[Any]:
 def _tensor(name: str, values: list[Any]) -> tuple[str, np.ndarray[Any, Any]]:
     first = values[0]
     kind = type(first)
-    if (
-        kind is not np.ndarray
-        and kind not in (list, float, int, bool, str)
-        and (
-            hasattr(first, "cpu")  # torch tensors
-        )
-    ):
+    if kind is not np.ndarray and kind not in _PLAIN and hasattr(first, "cpu"):  # torch tensors
         values = [v.detach().cpu().numpy() for v in values]
-        kind = np.ndarray
+        first, kind = values[0], np.ndarray
     try:
         if kind is np.ndarray:
             # one row (the common single-row request): a view, not a copy through np.stack
